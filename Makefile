@@ -1,0 +1,47 @@
+# Two commands on a fresh machine (Python >= 3.10, git, make):
+#   make run    the main job
+#   make test   the test suite (what CI runs)
+# Both create .venv and install the exact versions of constraints.txt on first use.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install run hello test test-fast lint format constraints clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,torch,experiments]'
+	touch $(STAMP)
+
+run: hello
+
+hello: $(STAMP)
+	$(PY) experiments/hello.py
+
+test: $(STAMP)
+	$(PY) -m ruff check rnnjax tests experiments benchmarks
+	$(PY) -m pytest
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m 'not slow'
+
+lint: $(STAMP)
+	$(PY) -m ruff check rnnjax tests experiments benchmarks
+	$(PY) -m ruff format --check rnnjax tests experiments benchmarks
+
+format: $(STAMP)
+	$(PY) -m ruff format rnnjax tests experiments benchmarks
+	$(PY) -m ruff check --fix rnnjax tests experiments benchmarks
+
+constraints: $(STAMP)
+	{ echo "# Exact versions CI installs (pip install -c constraints.txt ...). Python 3.11, Linux x86_64, CPU."; \
+	  echo "# Regenerate after an upgrade: make constraints"; \
+	  $(PY) -m pip freeze --exclude-editable | sed 's/+cpu//'; } > constraints.txt
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,50 @@
+"""rnnjax: recurrent networks as pure JAX functions.
+
+Cells (``elman``, ``lstm``, ``gru``) are NamedTuples of pure functions; :func:`scan`
+drives any cell over time; :mod:`rnnjax.layers` composes cells into bidirectional and
+stacked layers over the same driver.
+"""
+
+from rnnjax.cells import (
+    Cell,
+    ElmanParams,
+    GRUParams,
+    LSTMCarry,
+    LSTMParams,
+    elman,
+    gru,
+    lstm,
+)
+from rnnjax.layers import (
+    BidirectionalCarry,
+    BidirectionalParams,
+    Layer,
+    bidirectional,
+    recurrent,
+    stack,
+)
+from rnnjax.readout import ReadoutParams, readout, readout_init
+from rnnjax.scan import scan
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BidirectionalCarry",
+    "BidirectionalParams",
+    "Cell",
+    "ElmanParams",
+    "GRUParams",
+    "LSTMCarry",
+    "LSTMParams",
+    "Layer",
+    "ReadoutParams",
+    "bidirectional",
+    "elman",
+    "gru",
+    "lstm",
+    "readout",
+    "readout_init",
+    "recurrent",
+    "scan",
+    "stack",
+]

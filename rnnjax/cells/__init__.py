@@ -1,0 +1,17 @@
+"""Pure recurrent cells: one file per family, plain JAX only."""
+
+from rnnjax.cells.base import Cell
+from rnnjax.cells.elman import ElmanParams, elman
+from rnnjax.cells.gru import GRUParams, gru
+from rnnjax.cells.lstm import LSTMCarry, LSTMParams, lstm
+
+__all__ = [
+    "Cell",
+    "ElmanParams",
+    "GRUParams",
+    "LSTMCarry",
+    "LSTMParams",
+    "elman",
+    "gru",
+    "lstm",
+]

@@ -1,0 +1,124 @@
+"""The cell contract shared by every recurrent family.
+
+Shapes: ``I`` input features, ``H`` hidden units, ``G`` gates, ``*batch`` any number of
+leading batch dimensions (possibly none), ``T`` time steps.
+
+A cell is a :class:`Cell`: a ``NamedTuple`` of pure functions, in the style of optax's
+``GradientTransformation``. Nothing here owns state; parameters and carries are
+``NamedTuple`` pytrees that flow through ``jit``, ``grad``, ``vmap`` and ``lax.scan``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+PyTree = Any
+# jax.nn.initializers signature: init(key, shape, dtype) -> Array.
+Initializer = Callable[[Array, tuple[int, ...], Any], Array]
+
+
+class Cell(NamedTuple):
+    """A recurrent cell as pure functions.
+
+    Attributes:
+      init: ``init(key, input_size) -> params``, a NamedTuple pytree of arrays.
+      initial_carry: ``initial_carry(batch_shape=()) -> carry`` of zeros.
+      project: ``project(params, xs) -> xp``, the input part of every gate for any
+        number of leading dimensions (e.g. ``[T, *batch, I]``); one big matmul.
+      recur: ``recur(params, carry, xp_t) -> (carry, y)``, the recurrent part of one
+        step, reading one time slice of ``project``'s output.
+      step: ``step(params, carry, x) -> (carry, y)``, one full time step;
+        ``step(p, c, x) == recur(p, c, project(p, x))``.
+      hidden_size: ``H``; the output ``y`` of a step has shape ``[*batch, H]``.
+      name: the family name, e.g. ``"lstm"``.
+    """
+
+    init: Callable[..., PyTree]
+    initial_carry: Callable[..., PyTree]
+    project: Callable[..., PyTree]
+    recur: Callable[..., tuple[PyTree, Array]]
+    step: Callable[..., tuple[PyTree, Array]]
+    hidden_size: int
+    name: str
+
+
+def gate_init(
+    init_fn: Initializer, key: Array, rows: int, hidden_size: int, num_gates: int, dtype
+) -> Array:
+    """Initialise a ``[rows, G*H]`` kernel one ``[rows, H]`` gate block at a time.
+
+    Per-gate initialisation keeps each gate's block orthogonal (or lecun-scaled) on its
+    own, as Flax's per-gate ``Dense`` layers do, rather than one ``[rows, G*H]`` matrix.
+    """
+    keys = jax.random.split(key, num_gates)
+    blocks = [initialize(init_fn, k, (rows, hidden_size), dtype) for k in keys]
+    return jnp.concatenate(blocks, axis=-1)
+
+
+def initialize(init_fn: Initializer, key: Array, shape: tuple[int, ...], dtype) -> Array:
+    """``init_fn(key, shape, dtype)``, computed in float32 for sub-32-bit float dtypes:
+    the orthogonal initialiser's QR has no bfloat16 kernel on CPU."""
+    dtype = jnp.dtype(dtype)
+    if jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize < 4:
+        return init_fn(key, shape, jnp.float32).astype(dtype)
+    return init_fn(key, shape, dtype)
+
+
+def check_positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive int; got {value!r}.")
+    return value
+
+
+def check_input(x: Array, input_size: int, arg: str = "x") -> None:
+    """Raise a clear ``ValueError`` if ``x`` is not ``[..., input_size]`` floats."""
+    shape = jnp.shape(x)
+    if len(shape) < 1:
+        raise ValueError(f"{arg} must have shape [*batch, {input_size}]; got a scalar.")
+    if shape[-1] != input_size:
+        raise ValueError(
+            f"{arg} must have feature size {input_size} (shape [..., {input_size}]) "
+            f"to match the cell's params; got shape {tuple(shape)}."
+        )
+    if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+        raise ValueError(
+            f"{arg} must be a floating-point array; got dtype {jnp.result_type(x)} "
+            "(embed or one-hot integer tokens first)."
+        )
+
+
+def check_carry(carry: PyTree, expected: PyTree, arg: str = "carry") -> None:
+    """Raise a clear ``ValueError`` unless ``carry`` has ``expected``'s structure and shapes."""
+    if jax.tree.structure(carry) != jax.tree.structure(expected):
+        raise ValueError(
+            f"{arg} does not match the cell: expected a pytree like "
+            f"{_describe(expected)}; got {_describe(carry)}."
+        )
+    for got, want in zip(jax.tree.leaves(carry), jax.tree.leaves(expected)):
+        if jnp.shape(got) != jnp.shape(want):
+            raise ValueError(
+                f"{arg} does not match the cell and input: expected shapes "
+                f"{_describe(expected)}; got {_describe(carry)}."
+            )
+
+
+def _describe(tree: PyTree) -> str:
+    shapes = jax.tree.map(lambda a: tuple(jnp.shape(a)), tree)
+    return repr(shapes)
+
+
+def resolve_batch_shape(batch_shape: int | Sequence[int]) -> tuple[int, ...]:
+    if isinstance(batch_shape, int):
+        return (batch_shape,)
+    return tuple(batch_shape)
+
+
+def compute_dtype(dtype, *arrays):
+    """The dtype a cell computes in: ``dtype`` if given, else the promotion of ``arrays``."""
+    if dtype is not None:
+        return jnp.dtype(dtype)
+    return jnp.result_type(*arrays)

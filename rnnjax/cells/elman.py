@@ -1,0 +1,107 @@
+"""The Elman recurrent network (Elman 1990), with tanh, relu or identity activation."""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from rnnjax.cells.base import (
+    Array,
+    Cell,
+    Initializer,
+    check_input,
+    check_positive_int,
+    compute_dtype,
+    initialize,
+    resolve_batch_shape,
+)
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "tanh": jnp.tanh,
+    "relu": jax.nn.relu,
+    "identity": lambda z: z,
+}
+
+
+class ElmanParams(NamedTuple):
+    w_x: Array  # [I, H]
+    w_h: Array  # [H, H]
+    b: Array  # [H]
+
+
+def elman(
+    hidden_size: int,
+    *,
+    activation: str | Callable[[Array], Array] = "tanh",
+    kernel_init: Initializer = jax.nn.initializers.lecun_normal(),
+    recurrent_init: Initializer = jax.nn.initializers.orthogonal(),
+    bias_init: Initializer = jax.nn.initializers.zeros,
+    dtype=None,
+    param_dtype=jnp.float32,
+) -> Cell:
+    """Elman RNN cell (Elman 1990), the "vanilla" RNN.
+
+    Equation (one step, row-vector convention)::
+
+        h' = phi(x W_x + h W_h + b)        y = h'
+
+    Args:
+      hidden_size: ``H``.
+      activation: ``"tanh"`` (default), ``"relu"``, ``"identity"`` (a linear RNN, for
+        gradient-flow studies) or any elementwise callable.
+      kernel_init: initialiser of ``W_x [I, H]``; default lecun normal (variance 1/I).
+      recurrent_init: initialiser of ``W_h [H, H]``; default orthogonal.
+      bias_init: initialiser of ``b [H]``; default zeros. (PyTorch's ``nn.RNN`` has two
+        biases ``b_ih + b_hh``; they only ever appear summed, so one is kept.)
+      dtype: computation dtype; ``None`` promotes inputs and params.
+      param_dtype: dtype of the parameters ``init`` creates.
+
+    Returns:
+      A :class:`Cell`. Params: ``ElmanParams(w_x [I, H], w_h [H, H], b [H])``.
+      Carry: ``h [*batch, H]``, a bare array. Output: ``h'``. Any leading batch dims.
+    """
+    check_positive_int("hidden_size", hidden_size)
+    if isinstance(activation, str):
+        if activation not in ACTIVATIONS:
+            raise ValueError(
+                f"activation must be one of {sorted(ACTIVATIONS)} or a callable; "
+                f"got {activation!r}."
+            )
+        phi = ACTIVATIONS[activation]
+    elif callable(activation):
+        phi = activation
+    else:
+        raise ValueError(f"activation must be a string or a callable; got {activation!r}.")
+    H = hidden_size
+
+    def init(key: Array, input_size: int) -> ElmanParams:
+        check_positive_int("input_size", input_size)
+        k_x, k_h, k_b = jax.random.split(key, 3)
+        return ElmanParams(
+            w_x=initialize(kernel_init, k_x, (input_size, H), param_dtype),
+            w_h=initialize(recurrent_init, k_h, (H, H), param_dtype),
+            b=initialize(bias_init, k_b, (H,), param_dtype),
+        )
+
+    _dtype = dtype
+
+    def initial_carry(batch_shape=(), dtype=None) -> Array:
+        dt = dtype or _dtype or param_dtype
+        return jnp.zeros(resolve_batch_shape(batch_shape) + (H,), dt)
+
+    def project(params: ElmanParams, xs: Array) -> Array:
+        check_input(xs, params.w_x.shape[0], "xs")
+        dt = compute_dtype(_dtype, xs, params.w_x)
+        return xs.astype(dt) @ params.w_x.astype(dt) + params.b.astype(dt)
+
+    def recur(params: ElmanParams, h: Array, xp: Array) -> tuple[Array, Array]:
+        dt = compute_dtype(_dtype, xp, params.w_h)
+        h_new = phi(xp.astype(dt) + h.astype(dt) @ params.w_h.astype(dt)).astype(h.dtype)
+        return h_new, h_new
+
+    def step(params: ElmanParams, h: Array, x: Array) -> tuple[Array, Array]:
+        return recur(params, h, project(params, x))
+
+    return Cell(init, initial_carry, project, recur, step, H, "elman")

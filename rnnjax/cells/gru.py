@@ -1,0 +1,118 @@
+"""Gated recurrent unit (Cho et al. 2014), in the PyTorch/cuDNN form or the original."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from rnnjax.cells.base import (
+    Array,
+    Cell,
+    Initializer,
+    check_input,
+    check_positive_int,
+    compute_dtype,
+    gate_init,
+    initialize,
+    resolve_batch_shape,
+)
+
+NUM_GATES = 3
+
+
+class GRUParams(NamedTuple):
+    w_x: Array  # [I, 3H], gate blocks (r, z, n)
+    w_h: Array  # [H, 3H], gate blocks (r, z, n)
+    b_x: Array  # [3H], input-side biases (b_ir, b_iz, b_in)
+    b_h: Array  # [3H], hidden-side biases (b_hr, b_hz, b_hn)
+
+
+def gru(
+    hidden_size: int,
+    *,
+    reset_after: bool = True,
+    kernel_init: Initializer = jax.nn.initializers.lecun_normal(),
+    recurrent_init: Initializer = jax.nn.initializers.orthogonal(),
+    bias_init: Initializer = jax.nn.initializers.zeros,
+    dtype=None,
+    param_dtype=jnp.float32,
+) -> Cell:
+    """Gated recurrent unit.
+
+    Gates in order (r, z, n). With ``reset_after=True`` (default; PyTorch and cuDNN,
+    so weights port one-to-one, ``b_hn`` kept)::
+
+        r = sigmoid(x W_xr + b_xr + h W_hr + b_hr)
+        z = sigmoid(x W_xz + b_xz + h W_hz + b_hz)
+        n = tanh(x W_xn + b_xn + r * (h W_hn + b_hn))
+        h' = (1 - z) * n + z * h                y = h'
+
+    With ``reset_after=False`` (Cho et al. 2014's original, reset before the matmul)::
+
+        n = tanh(x W_xn + b_xn + (r * h) W_hn + b_hn)
+
+    Args:
+      hidden_size: ``H``.
+      reset_after: where the reset gate applies, see above.
+      kernel_init: initialiser of each ``[I, H]`` gate block of ``W_x``; lecun normal.
+      recurrent_init: initialiser of each ``[H, H]`` gate block of ``W_h``; orthogonal.
+      bias_init: initialiser of ``b_x`` and ``b_h`` (each ``[3H]``); zeros.
+      dtype: computation dtype; ``None`` promotes inputs and params.
+      param_dtype: dtype of the parameters ``init`` creates.
+
+    Returns:
+      A :class:`Cell`. Params: ``GRUParams(w_x [I, 3H], w_h [H, 3H], b_x [3H],
+      b_h [3H])``. Carry: ``h [*batch, H]``, a bare array. Output: ``h'``.
+      ``project`` returns one array per gate, ``(x_r, x_z, x_n)``, biases included.
+    """
+    check_positive_int("hidden_size", hidden_size)
+    if not isinstance(reset_after, bool):
+        raise ValueError(f"reset_after must be True or False; got {reset_after!r}.")
+    H = hidden_size
+    _dtype = dtype
+
+    def init(key: Array, input_size: int) -> GRUParams:
+        check_positive_int("input_size", input_size)
+        k_x, k_h, k_bx, k_bh = jax.random.split(key, 4)
+        return GRUParams(
+            w_x=gate_init(kernel_init, k_x, input_size, H, NUM_GATES, param_dtype),
+            w_h=gate_init(recurrent_init, k_h, H, H, NUM_GATES, param_dtype),
+            b_x=initialize(bias_init, k_bx, (NUM_GATES * H,), param_dtype),
+            b_h=initialize(bias_init, k_bh, (NUM_GATES * H,), param_dtype),
+        )
+
+    def initial_carry(batch_shape=(), dtype=None) -> Array:
+        dt = dtype or _dtype or param_dtype
+        return jnp.zeros(resolve_batch_shape(batch_shape) + (H,), dt)
+
+    def project(params: GRUParams, xs: Array) -> tuple[Array, ...]:
+        check_input(xs, params.w_x.shape[0], "xs")
+        dt = compute_dtype(_dtype, xs, params.w_x)
+        z = xs.astype(dt) @ params.w_x.astype(dt) + params.b_x.astype(dt)
+        return tuple(jnp.split(z, NUM_GATES, axis=-1))
+
+    def recur(params: GRUParams, h: Array, xp) -> tuple[Array, Array]:
+        x_r, x_z, x_n = xp
+        dt = compute_dtype(_dtype, x_r, params.w_h)
+        h_in = h.astype(dt)
+        w_h, b_h = params.w_h.astype(dt), params.b_h.astype(dt)
+        if reset_after:
+            a_r, a_z, a_n = jnp.split(h_in @ w_h + b_h, NUM_GATES, axis=-1)
+            r = jax.nn.sigmoid(x_r + a_r)
+            z = jax.nn.sigmoid(x_z + a_z)
+            n = jnp.tanh(x_n + r * a_n)
+        else:
+            a_rz = h_in @ w_h[:, : 2 * H] + b_h[: 2 * H]
+            a_r, a_z = jnp.split(a_rz, 2, axis=-1)
+            r = jax.nn.sigmoid(x_r + a_r)
+            z = jax.nn.sigmoid(x_z + a_z)
+            n = jnp.tanh(x_n + (r * h_in) @ w_h[:, 2 * H :] + b_h[2 * H :])
+        h_new = ((1.0 - z) * n + z * h_in).astype(h.dtype)
+        return h_new, h_new
+
+    def step(params: GRUParams, h: Array, x: Array) -> tuple[Array, Array]:
+        return recur(params, h, project(params, x))
+
+    return Cell(init, initial_carry, project, recur, step, H, "gru")

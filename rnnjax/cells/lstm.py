@@ -1,0 +1,116 @@
+"""Long short-term memory (Hochreiter & Schmidhuber 1997; forget gate: Gers et al. 2000)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from rnnjax.cells.base import (
+    Array,
+    Cell,
+    Initializer,
+    check_input,
+    check_positive_int,
+    compute_dtype,
+    gate_init,
+    initialize,
+    resolve_batch_shape,
+)
+
+NUM_GATES = 4
+
+
+class LSTMParams(NamedTuple):
+    w_x: Array  # [I, 4H], gate blocks (i, f, g, o)
+    w_h: Array  # [H, 4H], gate blocks (i, f, g, o)
+    b: Array  # [4H]
+
+
+class LSTMCarry(NamedTuple):
+    h: Array  # [*batch, H]
+    c: Array  # [*batch, H]
+
+
+def lstm(
+    hidden_size: int,
+    *,
+    forget_bias: float = 1.0,
+    kernel_init: Initializer = jax.nn.initializers.lecun_normal(),
+    recurrent_init: Initializer = jax.nn.initializers.orthogonal(),
+    bias_init: Initializer = jax.nn.initializers.zeros,
+    dtype=None,
+    param_dtype=jnp.float32,
+) -> Cell:
+    """Long short-term memory cell with a forget gate.
+
+    Gates in order (i, f, g, o), as PyTorch and cuDNN::
+
+        z = x W_x + h W_h + b                  z = [z_i, z_f, z_g, z_o]
+        i = sigmoid(z_i)   f = sigmoid(z_f)   g = tanh(z_g)   o = sigmoid(z_o)
+        c' = f * c + i * g
+        h' = o * tanh(c')                      y = h'
+
+    Args:
+      hidden_size: ``H``.
+      forget_bias: added to the forget-gate block of ``b`` at ``init`` (default 1.0,
+        Jozefowicz et al. 2015), so the cell starts out remembering. Set 0.0 for the
+        plain initialisation; pass a ``bias_init`` for chrono initialisation.
+      kernel_init: initialiser of each ``[I, H]`` gate block of ``W_x``; lecun normal.
+      recurrent_init: initialiser of each ``[H, H]`` gate block of ``W_h``; orthogonal.
+      bias_init: initialiser of ``b [4H]`` before ``forget_bias`` is added; zeros.
+        (PyTorch's two biases ``b_ih + b_hh`` only appear summed, so one is kept.)
+      dtype: computation dtype; ``None`` promotes inputs and params.
+      param_dtype: dtype of the parameters ``init`` creates.
+
+    Returns:
+      A :class:`Cell`. Params: ``LSTMParams(w_x [I, 4H], w_h [H, 4H], b [4H])``.
+      Carry: ``LSTMCarry(h, c)``, each ``[*batch, H]``. Output: ``h'``.
+      ``project`` returns one array per gate, ``(x_i, x_f, x_g, x_o)``, because that
+      layout let XLA:CPU fuse the per-step slice into the gate arithmetic.
+    """
+    check_positive_int("hidden_size", hidden_size)
+    H = hidden_size
+    _dtype = dtype
+
+    def init(key: Array, input_size: int) -> LSTMParams:
+        check_positive_int("input_size", input_size)
+        k_x, k_h, k_b = jax.random.split(key, 3)
+        b = initialize(bias_init, k_b, (NUM_GATES * H,), param_dtype)
+        b = b.at[H : 2 * H].add(jnp.asarray(forget_bias, param_dtype))
+        return LSTMParams(
+            w_x=gate_init(kernel_init, k_x, input_size, H, NUM_GATES, param_dtype),
+            w_h=gate_init(recurrent_init, k_h, H, H, NUM_GATES, param_dtype),
+            b=b,
+        )
+
+    def initial_carry(batch_shape=(), dtype=None) -> LSTMCarry:
+        dt = dtype or _dtype or param_dtype
+        zeros = jnp.zeros(resolve_batch_shape(batch_shape) + (H,), dt)
+        return LSTMCarry(h=zeros, c=zeros)
+
+    def project(params: LSTMParams, xs: Array) -> tuple[Array, ...]:
+        check_input(xs, params.w_x.shape[0], "xs")
+        dt = compute_dtype(_dtype, xs, params.w_x)
+        z = xs.astype(dt) @ params.w_x.astype(dt) + params.b.astype(dt)
+        return tuple(jnp.split(z, NUM_GATES, axis=-1))
+
+    def recur(params: LSTMParams, carry: LSTMCarry, xp) -> tuple[LSTMCarry, Array]:
+        x_i, x_f, x_g, x_o = xp
+        dt = compute_dtype(_dtype, x_i, params.w_h)
+        h, c = carry.h.astype(dt), carry.c.astype(dt)
+        z_i, z_f, z_g, z_o = jnp.split(h @ params.w_h.astype(dt), NUM_GATES, axis=-1)
+        i = jax.nn.sigmoid(x_i + z_i)
+        f = jax.nn.sigmoid(x_f + z_f)
+        g = jnp.tanh(x_g + z_g)
+        o = jax.nn.sigmoid(x_o + z_o)
+        c_new = f * c + i * g
+        h_new = o * jnp.tanh(c_new)
+        new = LSTMCarry(h=h_new.astype(carry.h.dtype), c=c_new.astype(carry.c.dtype))
+        return new, new.h
+
+    def step(params: LSTMParams, carry: LSTMCarry, x: Array) -> tuple[LSTMCarry, Array]:
+        return recur(params, carry, project(params, x))
+
+    return Cell(init, initial_carry, project, recur, step, H, "lstm")

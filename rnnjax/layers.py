@@ -1,0 +1,165 @@
+"""Layers: cells driven over time, bidirectional pairs and stacks, all over :func:`scan`.
+
+A :class:`Layer` is the sequence-level analogue of a :class:`~rnnjax.cells.base.Cell`:
+a ``NamedTuple`` of pure functions. Stacking and bidirectionality are functions that
+build layers from layers; none of them is a new cell and none re-implements the loop.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from rnnjax.cells.base import Array, Cell, PyTree, check_positive_int
+from rnnjax.scan import scan
+
+
+class Layer(NamedTuple):
+    """A recurrent sequence layer as pure functions.
+
+    Attributes:
+      init: ``init(key, input_size) -> params``.
+      initial_carry: ``initial_carry(batch_shape=(), dtype=None) -> carry`` of zeros.
+      apply: ``apply(params, xs, carry=None, *, lengths=None, key=None,
+        time_major=False) -> (final_carry, ys)``; ``xs [*batch, T, I]``,
+        ``ys [*batch, T, output_size]``; ``key`` drives dropout where there is any
+        (``None``: deterministic, e.g. at evaluation).
+      output_size: feature size of ``ys``.
+    """
+
+    init: Callable[..., PyTree]
+    initial_carry: Callable[..., PyTree]
+    apply: Callable[..., tuple[PyTree, Array]]
+    output_size: int
+
+
+class BidirectionalParams(NamedTuple):
+    forward: PyTree
+    backward: PyTree
+
+
+class BidirectionalCarry(NamedTuple):
+    forward: PyTree
+    backward: PyTree
+
+
+def recurrent(cell: Cell, *, reverse: bool = False, unroll: int | bool = 1) -> Layer:
+    """One cell over time: :func:`~rnnjax.scan.scan` as a :class:`Layer`.
+
+    ``reverse=True`` runs over the valid part of each sequence backwards.
+    """
+
+    def apply(params, xs, carry=None, *, lengths=None, key=None, time_major=False):
+        del key  # no randomness in a single layer
+        return scan(
+            cell,
+            params,
+            xs,
+            carry,
+            lengths=lengths,
+            reverse=reverse,
+            unroll=unroll,
+            time_major=time_major,
+        )
+
+    return Layer(cell.init, cell.initial_carry, apply, cell.hidden_size)
+
+
+def bidirectional(forward: Cell, backward: Cell | None = None, *, unroll: int | bool = 1) -> Layer:
+    """A forward and a padding-aware backward pass, outputs concatenated.
+
+    ``ys[..., t, :] = [forward_y_t, backward_y_t]``, where the backward cell reads the
+    valid part of each sequence from its last valid step to its first (padded steps
+    stay zero in both halves). Params and carry are ``BidirectionalParams`` /
+    ``BidirectionalCarry`` with fields ``forward`` and ``backward``.
+
+    Args:
+      forward: the cell of the forward direction.
+      backward: the cell of the backward direction; a second instance of ``forward``
+        (own params) if ``None``.
+      unroll: passed to both scans.
+    """
+    backward = forward if backward is None else backward
+
+    def init(key, input_size):
+        k_f, k_b = jax.random.split(key)
+        return BidirectionalParams(forward.init(k_f, input_size), backward.init(k_b, input_size))
+
+    def initial_carry(batch_shape=(), dtype=None):
+        return BidirectionalCarry(
+            forward.initial_carry(batch_shape, dtype=dtype),
+            backward.initial_carry(batch_shape, dtype=dtype),
+        )
+
+    def apply(params, xs, carry=None, *, lengths=None, key=None, time_major=False):
+        del key
+        _check_named(params, BidirectionalParams, "params")
+        if carry is not None:
+            _check_named(carry, BidirectionalCarry, "carry")
+        c_f, c_b = (None, None) if carry is None else carry
+        kw = dict(lengths=lengths, unroll=unroll, time_major=time_major)
+        c_f, y_f = scan(forward, params.forward, xs, c_f, **kw)
+        c_b, y_b = scan(backward, params.backward, xs, c_b, reverse=True, **kw)
+        return BidirectionalCarry(c_f, c_b), jnp.concatenate([y_f, y_b], axis=-1)
+
+    return Layer(init, initial_carry, apply, forward.hidden_size + backward.hidden_size)
+
+
+def stack(layers: Sequence[Layer], *, dropout_rate: float = 0.0) -> Layer:
+    """Layers applied one after another, each reading the previous one's outputs.
+
+    Params and carry are tuples with one entry per layer. With ``dropout_rate > 0`` and
+    a ``key`` given to ``apply``, inverted dropout is applied to the outputs of every
+    layer but the last (as PyTorch's ``dropout`` argument does); without a ``key`` the
+    stack is deterministic.
+
+    Args:
+      layers: one :class:`Layer` per level, e.g. ``[recurrent(lstm(64))] * 2``.
+      dropout_rate: in ``[0, 1)``.
+    """
+    layers = tuple(layers)
+    if not layers or not all(isinstance(layer, Layer) for layer in layers):
+        raise ValueError(f"layers must be a non-empty sequence of Layer; got {layers!r}.")
+    if not 0.0 <= dropout_rate < 1.0:
+        raise ValueError(f"dropout_rate must lie in [0, 1); got {dropout_rate!r}.")
+    n = len(layers)
+
+    def init(key, input_size):
+        check_positive_int("input_size", input_size)
+        params = []
+        for layer, k in zip(layers, jax.random.split(key, n)):
+            params.append(layer.init(k, input_size))
+            input_size = layer.output_size
+        return tuple(params)
+
+    def initial_carry(batch_shape=(), dtype=None):
+        return tuple(layer.initial_carry(batch_shape, dtype=dtype) for layer in layers)
+
+    def apply(params, xs, carry=None, *, lengths=None, key=None, time_major=False):
+        _check_length("params", params, n)
+        if carry is not None:
+            _check_length("carry", carry, n)
+        carries = [None] * n if carry is None else list(carry)
+        finals = []
+        for i, layer in enumerate(layers):
+            c, xs = layer.apply(params[i], xs, carries[i], lengths=lengths, time_major=time_major)
+            finals.append(c)
+            if dropout_rate > 0.0 and key is not None and i < n - 1:
+                keep = jax.random.bernoulli(jax.random.fold_in(key, i), 1.0 - dropout_rate, xs.shape)
+                xs = jnp.where(keep, xs / (1.0 - dropout_rate), jnp.zeros_like(xs))
+        return tuple(finals), xs
+
+    return Layer(init, initial_carry, apply, layers[-1].output_size)
+
+
+def _check_length(name: str, value, n: int) -> None:
+    if not isinstance(value, (tuple, list)) or len(value) != n:
+        got = f"{type(value).__name__} of length {len(value)}" if isinstance(value, (tuple, list)) else type(value).__name__
+        raise ValueError(f"{name} of a {n}-layer stack must be a tuple of {n} entries; got {got}.")
+
+
+def _check_named(value, cls, name: str) -> None:
+    if not isinstance(value, cls):
+        raise ValueError(f"{name} of a bidirectional layer must be a {cls.__name__}; got {type(value).__name__}.")

@@ -1,0 +1,125 @@
+"""The driver: run a cell over time with ``jax.lax.scan``.
+
+Shapes: ``[*batch, T, I]`` at the public boundary (batch-major, any number of leading
+batch dims, possibly none), ``[T, *batch, ...]`` inside the loop.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rnnjax.cells.base import Array, Cell, PyTree, check_carry
+
+
+def scan(
+    cell: Cell,
+    params: PyTree,
+    xs: Array,
+    carry: PyTree | None = None,
+    *,
+    lengths: Array | None = None,
+    reverse: bool = False,
+    unroll: int | bool = 1,
+    time_major: bool = False,
+) -> tuple[PyTree, Array]:
+    """Run ``cell`` over the time axis of ``xs``.
+
+    The input projection of every time step is one matmul before the loop
+    (``cell.project``); only ``cell.recur`` runs inside ``lax.scan``.
+
+    Args:
+      cell: a :class:`~rnnjax.cells.base.Cell`.
+      params: the cell's params, from ``cell.init``.
+      xs: inputs ``[*batch, T, I]``, or ``[T, *batch, I]`` with ``time_major=True``.
+      carry: initial carry for batch shape ``*batch``; zeros if ``None``.
+      lengths: optional integer array ``[*batch]`` of valid lengths in ``[0, T]``.
+        Steps ``t >= lengths`` are padding: they leave the carry unchanged and emit
+        zeros, so the final carry is each sequence's carry after its last valid step
+        (the initial carry for a zero-length sequence).
+      reverse: run from the last valid step to the first. With ``lengths`` this
+        reverses only the valid part of each sequence (the padded tail is skipped, not
+        read first), which is what a bidirectional layer over a padded batch needs.
+        Outputs stay aligned with the inputs: ``ys[..., t, :]`` belongs to ``xs[..., t, :]``.
+      unroll: passed to ``lax.scan``; measure before raising it (slower on CPU).
+      time_major: layout of ``xs`` and of the returned ``ys``.
+
+    Returns:
+      ``(final_carry, ys)`` with ``ys`` ``[*batch, T, H]`` (or ``[T, *batch, H]``).
+
+    Raises:
+      ValueError: on a wrong input rank or feature size, ``lengths`` of the wrong
+        shape, dtype or range, or a ``carry`` that does not match the cell.
+    """
+    xs = jnp.asarray(xs)
+    layout = "[T, *batch, I]" if time_major else "[*batch, T, I]"
+    if xs.ndim < 2:
+        raise ValueError(
+            f"xs must have shape {layout} (at least 2 dims: time and features); "
+            f"got shape {tuple(xs.shape)}."
+        )
+    # Shape-only trace of the projection: raises the cell's own feature-size error
+    # against the shape the caller gave, before any transpose.
+    jax.eval_shape(cell.project, params, xs)
+
+    xs_tm = xs if time_major else jnp.moveaxis(xs, -2, 0)
+    num_steps, batch_shape = xs_tm.shape[0], xs_tm.shape[1:-1]
+    xp = cell.project(params, xs_tm)
+    dtype = jax.tree.leaves(xp)[0].dtype
+
+    if carry is None:
+        carry = cell.initial_carry(batch_shape, dtype=dtype)
+    else:
+        check_carry(carry, cell.initial_carry(batch_shape, dtype=dtype), "carry")
+
+    if lengths is None:
+        mask = None
+    else:
+        lengths = _check_lengths(lengths, batch_shape, num_steps)
+        steps = jnp.arange(num_steps).reshape((num_steps,) + (1,) * len(batch_shape))
+        mask = steps < lengths  # [T, *batch]
+
+    def body(carry, inputs):
+        xp_t, valid = inputs
+        new_carry, y = cell.recur(params, carry, xp_t)
+        if valid is not None:
+            keep = valid[..., None]
+            new_carry = jax.tree.map(lambda n, o: jnp.where(keep, n, o), new_carry, carry)
+            y = jnp.where(keep, y, jnp.zeros_like(y))
+        return new_carry, y
+
+    # Reverse over time with a mask: the padded tail comes first and is inert, so the
+    # carry reaches step lengths-1 untouched; no per-example gather is needed.
+    final_carry, ys = jax.lax.scan(body, carry, (xp, mask), reverse=reverse, unroll=unroll)
+    if not time_major:
+        ys = jnp.moveaxis(ys, 0, -2)
+    return final_carry, ys
+
+
+def _check_lengths(lengths, batch_shape: tuple[int, ...], num_steps: int) -> Array:
+    shape = tuple(jnp.shape(lengths))
+    if shape != tuple(batch_shape):
+        raise ValueError(
+            f"lengths must have the batch shape of xs, {tuple(batch_shape)}; "
+            f"got shape {shape}."
+        )
+    dtype = jnp.result_type(lengths)
+    if not jnp.issubdtype(dtype, jnp.integer):
+        raise ValueError(f"lengths must be an integer array; got dtype {dtype}.")
+    if isinstance(lengths, jax.core.Tracer):
+        # Values are unknown at trace time: check them when the program runs.
+        jax.debug.callback(_raise_if_out_of_range, lengths, num_steps)
+    else:
+        _raise_if_out_of_range(lengths, num_steps)
+    return jnp.asarray(lengths)
+
+
+def _raise_if_out_of_range(lengths, num_steps: int) -> None:
+    values = np.asarray(lengths)
+    bad = (values < 0) | (values > num_steps)
+    if bad.any():
+        raise ValueError(
+            f"lengths must lie in [0, T] = [0, {num_steps}]; got values "
+            f"{values[bad].ravel()[:8].tolist()} (min {values.min()}, max {values.max()})."
+        )
