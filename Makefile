@@ -24,19 +24,19 @@ hello: $(STAMP)
 	$(PY) experiments/hello.py
 
 test: $(STAMP)
-	$(PY) -m ruff check rnnjax tests experiments benchmarks
+	$(PY) -m ruff check .
 	$(PY) -m pytest
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m 'not slow'
 
 lint: $(STAMP)
-	$(PY) -m ruff check rnnjax tests experiments benchmarks
-	$(PY) -m ruff format --check rnnjax tests experiments benchmarks
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 format: $(STAMP)
-	$(PY) -m ruff format rnnjax tests experiments benchmarks
-	$(PY) -m ruff check --fix rnnjax tests experiments benchmarks
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
 
 constraints: $(STAMP)
 	{ echo "# Exact versions CI installs (pip install -c constraints.txt ...). Python 3.11, Linux x86_64, CPU."; \

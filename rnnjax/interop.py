@@ -5,7 +5,8 @@ torch is an optional dependency (``pip install rnnjax[torch]``), imported only h
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np

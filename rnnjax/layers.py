@@ -7,7 +7,8 @@ build layers from layers; none of them is a new cell and none re-implements the 
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -147,7 +148,9 @@ def stack(layers: Sequence[Layer], *, dropout_rate: float = 0.0) -> Layer:
             c, xs = layer.apply(params[i], xs, carries[i], lengths=lengths, time_major=time_major)
             finals.append(c)
             if dropout_rate > 0.0 and key is not None and i < n - 1:
-                keep = jax.random.bernoulli(jax.random.fold_in(key, i), 1.0 - dropout_rate, xs.shape)
+                keep = jax.random.bernoulli(
+                    jax.random.fold_in(key, i), 1.0 - dropout_rate, xs.shape
+                )
                 xs = jnp.where(keep, xs / (1.0 - dropout_rate), jnp.zeros_like(xs))
         return tuple(finals), xs
 
@@ -156,10 +159,16 @@ def stack(layers: Sequence[Layer], *, dropout_rate: float = 0.0) -> Layer:
 
 def _check_length(name: str, value, n: int) -> None:
     if not isinstance(value, (tuple, list)) or len(value) != n:
-        got = f"{type(value).__name__} of length {len(value)}" if isinstance(value, (tuple, list)) else type(value).__name__
+        got = (
+            f"{type(value).__name__} of length {len(value)}"
+            if isinstance(value, (tuple, list))
+            else type(value).__name__
+        )
         raise ValueError(f"{name} of a {n}-layer stack must be a tuple of {n} entries; got {got}.")
 
 
 def _check_named(value, cls, name: str) -> None:
     if not isinstance(value, cls):
-        raise ValueError(f"{name} of a bidirectional layer must be a {cls.__name__}; got {type(value).__name__}.")
+        raise ValueError(
+            f"{name} of a bidirectional layer must be a {cls.__name__}; got {type(value).__name__}."
+        )

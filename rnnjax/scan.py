@@ -101,8 +101,7 @@ def _check_lengths(lengths, batch_shape: tuple[int, ...], num_steps: int) -> Arr
     shape = tuple(jnp.shape(lengths))
     if shape != tuple(batch_shape):
         raise ValueError(
-            f"lengths must have the batch shape of xs, {tuple(batch_shape)}; "
-            f"got shape {shape}."
+            f"lengths must have the batch shape of xs, {tuple(batch_shape)}; got shape {shape}."
         )
     dtype = jnp.result_type(lengths)
     if not jnp.issubdtype(dtype, jnp.integer):

@@ -11,4 +11,3 @@ sys.path.insert(0, str(ROOT / "tests"))
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
-

@@ -4,8 +4,8 @@ import functools
 
 import jax
 import numpy as np
-
 import reference
+
 import rnnjax
 
 

@@ -10,7 +10,8 @@ A cell is a :class:`Cell`: a ``NamedTuple`` of pure functions, in the style of o
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
