@@ -6,6 +6,7 @@ stacked layers over the same driver.
 """
 
 from rnnjax.cells import (
+    CELLS,
     Cell,
     ElmanParams,
     GRUParams,
@@ -14,12 +15,15 @@ from rnnjax.cells import (
     elman,
     gru,
     lstm,
+    make_cell,
 )
 from rnnjax.layers import (
     BidirectionalCarry,
     BidirectionalParams,
     Layer,
     bidirectional,
+    final_hidden,
+    make_layer,
     recurrent,
     stack,
 )
@@ -29,6 +33,10 @@ from rnnjax.scan import scan
 __version__ = "0.1.0"
 
 __all__ = [
+    "CELLS",
+    "final_hidden",
+    "make_cell",
+    "make_layer",
     "BidirectionalCarry",
     "BidirectionalParams",
     "Cell",

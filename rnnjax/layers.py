@@ -108,6 +108,10 @@ def bidirectional(forward: Cell, backward: Cell | None = None, *, unroll: int | 
     return Layer(init, initial_carry, apply, forward.hidden_size + backward.hidden_size)
 
 
+# make_layer's ``bidirectional`` keyword shadows the function inside it.
+_bidirectional = bidirectional
+
+
 def stack(layers: Sequence[Layer], *, dropout_rate: float = 0.0) -> Layer:
     """Layers applied one after another, each reading the previous one's outputs.
 
@@ -155,6 +159,46 @@ def stack(layers: Sequence[Layer], *, dropout_rate: float = 0.0) -> Layer:
         return tuple(finals), xs
 
     return Layer(init, initial_carry, apply, layers[-1].output_size)
+
+
+def final_hidden(carry: PyTree) -> Array:
+    """The hidden state ``h [*batch, H']`` a final carry ends on, for heads to read.
+
+    A stack's carry gives its last layer's; a bidirectional carry gives
+    ``[h_forward, h_backward]`` (the backward one has read each sequence back to its
+    first step); an LSTM carry gives ``h``; other cells' carries are ``h`` itself.
+    """
+    if isinstance(carry, BidirectionalCarry):
+        return jnp.concatenate([final_hidden(carry.forward), final_hidden(carry.backward)], -1)
+    if isinstance(carry, tuple) and hasattr(carry, "h"):
+        return carry.h
+    if isinstance(carry, (tuple, list)):
+        return final_hidden(carry[-1])
+    return carry
+
+
+def make_layer(
+    cell: str,
+    hidden_size: int,
+    *,
+    num_layers: int = 1,
+    bidirectional: bool = False,
+    dropout_rate: float = 0.0,
+    **cell_options,
+) -> Layer:
+    """A stack of ``num_layers`` (bidirectional) layers of the named cell.
+
+    ``make_layer("lstm", 64, num_layers=2)`` is
+    ``stack([recurrent(lstm(64)), recurrent(lstm(64))])``.
+    """
+    from rnnjax.cells.registry import make_cell
+
+    check_positive_int("num_layers", num_layers)
+    make = lambda: make_cell(cell, hidden_size, **cell_options)  # noqa: E731
+    wrap = (
+        (lambda: _bidirectional(make(), make())) if bidirectional else (lambda: recurrent(make()))
+    )
+    return stack([wrap() for _ in range(num_layers)], dropout_rate=dropout_rate)
 
 
 def _check_length(name: str, value, n: int) -> None:

@@ -4,8 +4,11 @@ from rnnjax.cells.base import Cell
 from rnnjax.cells.elman import ElmanParams, elman
 from rnnjax.cells.gru import GRUParams, gru
 from rnnjax.cells.lstm import LSTMCarry, LSTMParams, lstm
+from rnnjax.cells.registry import CELLS, make_cell
 
 __all__ = [
+    "CELLS",
+    "make_cell",
     "Cell",
     "ElmanParams",
     "GRUParams",

@@ -1,0 +1,181 @@
+"""What every experiment script shares: config from the command line, the run folder,
+the environment record, and small statistics helpers."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def parse_config(cls, argv=None, *, presets: dict[str, dict] | None = None, description=""):
+    """A dataclass instance from defaults, an optional ``--preset``, then ``--field value``.
+
+    Every field of ``cls`` becomes a flag (booleans as ``--x`` / ``--no-x``); unknown
+    flags and values of the wrong type are errors that name the flag.
+    """
+    parser = argparse.ArgumentParser(description=description, allow_abbrev=False)
+    if presets:
+        parser.add_argument(
+            "--preset",
+            choices=sorted(presets),
+            default=None,
+            help="a named configuration (e.g. the literature's sizes); "
+            "flags given beside it override its fields",
+        )
+    for field in dataclasses.fields(cls):
+        default = field.default
+        flag = f"--{field.name}"
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        elif isinstance(default, (list, tuple)):
+            elem = type(default[0]) if default else str
+            parser.add_argument(
+                flag,
+                type=_list_of(elem),
+                default=None,
+                help=f"comma-separated (default {','.join(map(str, default))})",
+            )
+        else:
+            parser.add_argument(flag, type=type(default), default=None, help=f"default {default!r}")
+    args = vars(parser.parse_args(argv))
+    values = {}
+    preset = args.pop("preset", None)
+    if preset:
+        values.update(presets[preset])
+    values.update({k: v for k, v in args.items() if v is not None})
+    config = cls(**values)
+    if hasattr(config, "validate"):
+        config.validate()
+    return config, preset
+
+
+def _list_of(elem):
+    def parse(text: str):
+        try:
+            return tuple(elem(v) for v in text.split(",") if v.strip())
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {elem.__name__}s: {err}"
+            ) from None
+
+    return parse
+
+
+def environment() -> dict[str, Any]:
+    """Versions, device and machine: what a reader needs to reproduce a number."""
+    import jax
+
+    versions = {}
+    for name in ("jax", "jaxlib", "flax", "optax", "orbax.checkpoint", "chex", "numpy"):
+        try:
+            module = __import__(name, fromlist=["__version__"])
+            versions[name] = getattr(module, "__version__", "?")
+        except ImportError:
+            versions[name] = None
+    try:
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                cwd=Path(__file__).parent,
+                timeout=10,
+            ).stdout.strip()
+            or None
+        )
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    device = jax.devices()[0]
+    return {
+        "versions": versions,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "device_kind": getattr(device, "device_kind", str(device)),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "git_commit": commit,
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+class RunDir:
+    """One run's folder: ``config.json``, JSONL logs, ``summary.json``, plots, checkpoints."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def write_json(self, name: str, obj) -> Path:
+        target = self.path / name
+        tmp = target.with_suffix(target.suffix + ".tmp")
+        tmp.write_text(json.dumps(obj, indent=2, default=_jsonable) + "\n")
+        os.replace(tmp, target)  # atomic: a reader never sees half a file
+        return target
+
+    def append_jsonl(self, name: str, row: dict) -> None:
+        with open(self.path / name, "a") as f:
+            f.write(json.dumps(row, default=_jsonable) + "\n")
+
+    def read_jsonl(self, name: str) -> list[dict]:
+        target = self.path / name
+        if not target.exists():
+            return []
+        return [json.loads(line) for line in target.read_text().splitlines() if line.strip()]
+
+    def truncate_jsonl(self, name: str, max_step: int) -> None:
+        """Drop rows past ``max_step`` (after a resume, those steps are redone)."""
+        rows = [r for r in self.read_jsonl(name) if r.get("step", 0) <= max_step]
+        target = self.path / name
+        tmp = target.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        os.replace(tmp, target)
+
+
+def _jsonable(obj):
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (np.floating, np.integer, np.bool_)):
+        return obj.item()
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.asdict(obj)
+    return str(obj)
+
+
+def mean_spread(values) -> dict[str, float]:
+    """Mean, sample standard deviation, min and max over seeds."""
+    a = np.asarray(values, np.float64).reshape(-1)
+    return {
+        "mean": float(a.mean()),
+        "std": float(a.std(ddof=1)) if a.size > 1 else 0.0,
+        "min": float(a.min()),
+        "max": float(a.max()),
+        "n": int(a.size),
+    }
+
+
+def fmt_mean_std(stats: dict[str, float], digits: int = 3) -> str:
+    if not math.isfinite(stats["mean"]):
+        return "nan"
+    return f"{stats['mean']:.{digits}g} ± {stats['std']:.{digits - 1}g}"

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The training results of the README (issue 3), one command each, then the table.
+# About 80 minutes on a 2-core CPU; OUT=... to write elsewhere.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+OUT=${OUT:-runs/results}
+run() { "$PY" experiments/train.py --out "$OUT" --no-progress "$@"; }
+
+for T in 100 200; do
+  for cell in rnn_tanh lstm gru; do
+    run --task adding --cell "$cell" --seq_len "$T" --steps 2500 --schedule cosine
+  done
+done
+for cell in rnn_tanh lstm gru; do
+  run --task copy --cell "$cell" --seq_len 50 --steps 2500 --schedule cosine
+done
+for cell in rnn_tanh lstm gru; do
+  run --task digits --cell "$cell" --steps 1500 --schedule cosine --name "digits-$cell"
+  run --task digits --cell "$cell" --steps 1500 --schedule cosine --permuted --name "digits_permuted-$cell"
+done
+for cell in rnn_tanh lstm gru; do
+  run --task charlm --cell "$cell" --seq_len 100 --hidden_size 128 --batch_size 32 \
+      --learning_rate 3e-3 --steps 2000 --schedule cosine --eval_size 256 --name "charlm-$cell"
+done
+"$PY" experiments/report.py "$OUT"/* > results/training.md
+cat results/training.md

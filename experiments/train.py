@@ -1,0 +1,423 @@
+"""Train any task x cell x size, several seeds at once (vmap), into its own run folder.
+
+    python experiments/train.py --task adding --cell lstm --seq_len 100 --steps 3000
+    python experiments/train.py --preset adding_full        # the literature's sizes
+    python experiments/train.py --task adding --cell lstm --resume   # continue a run
+
+Writes ``<out>/<name>/``: ``config.json`` (resolved), ``metrics.jsonl`` (per update:
+loss, grad norm before clipping, clipped, learning rate, steps/s; one value per seed),
+``eval.jsonl`` (held-out metrics), ``summary.json`` (final metrics with mean and spread
+over seeds, wall time, versions, device), PNG plots and ``checkpoints/``.
+Exit status: 0 done, 1 non-finite loss, 130 interrupted (checkpoint written).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+
+import rnnjax  # noqa: E402
+from rnnjax import train as tr  # noqa: E402
+from rnnjax.checkpoint import Checkpointer  # noqa: E402
+from rnnjax.modules import SequenceModel, count_params  # noqa: E402
+from rnnjax.tasks import make_task  # noqa: E402
+
+
+@dataclasses.dataclass
+class Config:
+    task: str = "adding"  # adding | copy | digits | charlm | hello
+    cell: str = "lstm"  # rnn_tanh | rnn_relu | lstm | gru
+    hidden_size: int = 64
+    num_layers: int = 1
+    bidirectional: bool = False
+    dropout: float = 0.0
+    embed_dim: int = 0  # token tasks; 0: the hidden size
+    forget_bias: float = 1.0  # LSTM only
+    seq_len: int = 100  # adding: T; copy: the delay T; charlm: window length
+    permuted: bool = False  # digits
+    data_path: str = ""  # digits: local MNIST .npz/IDX folder; charlm: a text file
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    clip_norm: float = 1.0  # <= 0: no clipping
+    batch_size: int = 64
+    steps: int = 2000
+    seeds: int = 3
+    seed: int = 0  # seeds are seed, seed+1, ...
+    eval_every: int = 250
+    eval_size: int = 1000
+    save_every: int = 500
+    keep: int = 3
+    resume: bool = False
+    out: str = "runs"
+    name: str = ""  # default: <task>-<cell>-T<seq_len> (digits, hello: no T)
+    progress: bool = True
+    sample_chars: int = 300  # charlm: characters to sample at the end
+
+    def validate(self) -> None:
+        for field in ("hidden_size", "num_layers", "batch_size", "seeds", "eval_size", "keep"):
+            value = getattr(self, field)
+            if value < 1:
+                raise ValueError(f"--{field} must be >= 1; got {value}.")
+        for field in ("steps", "eval_every", "save_every", "warmup_steps", "embed_dim", "seed"):
+            if getattr(self, field) < 0:
+                raise ValueError(f"--{field} must be >= 0; got {getattr(self, field)}.")
+        if self.seq_len < 1:
+            raise ValueError(f"--seq_len must be >= 1; got {self.seq_len}.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"--dropout must lie in [0, 1); got {self.dropout}.")
+        if self.cell not in rnnjax.CELLS:
+            raise ValueError(f"--cell must be one of {sorted(rnnjax.CELLS)}; got {self.cell!r}.")
+
+    @property
+    def run_name(self) -> str:
+        if self.name:
+            return self.name
+        if self.task == "digits":
+            return f"digits{'_permuted' if self.permuted else ''}-{self.cell}"
+        if self.task == "hello":
+            return f"hello-{self.cell}"
+        return f"{self.task}-{self.cell}-T{self.seq_len}"
+
+
+# Full-size configurations from the literature (REFERENCE.md), for accelerators.
+PRESETS = {
+    # Bai et al. 2018 (TCN), adding T=600 with about 70K parameters: LSTM H=130.
+    "adding_full": dict(
+        task="adding",
+        seq_len=600,
+        hidden_size=130,
+        steps=20000,
+        batch_size=64,
+        learning_rate=2e-3,
+        clip_norm=1.0,
+        seeds=5,
+        eval_size=5000,
+    ),
+    # TCN copy memory, T=1000, 16K parameters: GRU H=64 / LSTM H=50 land near it.
+    "copy_full": dict(
+        task="copy",
+        seq_len=1000,
+        hidden_size=64,
+        steps=20000,
+        batch_size=64,
+        learning_rate=1e-3,
+        seeds=5,
+    ),
+    # Sequential / permuted MNIST from a local file (T=784), ~70K parameters: LSTM H=130.
+    "smnist_full": dict(
+        task="digits",
+        data_path="mnist.npz",
+        hidden_size=130,
+        steps=60000,
+        batch_size=64,
+        learning_rate=1e-3,
+        seeds=3,
+        eval_every=2000,
+    ),
+    # Karpathy's min-char-rnn: tanh RNN H=100, sequences of 25, Adagrad 0.1, clip 5.
+    "charlm_karpathy": dict(
+        task="charlm",
+        cell="rnn_tanh",
+        hidden_size=100,
+        seq_len=25,
+        optimizer="adagrad",
+        learning_rate=0.1,
+        clip_norm=5.0,
+        batch_size=1,
+        steps=100000,
+        seeds=1,
+    ),
+}
+
+
+def build_task(cfg: Config):
+    if cfg.task == "adding":
+        return make_task("adding", seq_len=cfg.seq_len, eval_size=cfg.eval_size)
+    if cfg.task == "copy":
+        return make_task("copy", delay=cfg.seq_len, eval_size=cfg.eval_size)
+    if cfg.task == "digits":
+        return make_task("digits", permuted=cfg.permuted, path=cfg.data_path or None)
+    if cfg.task == "charlm":
+        return make_task(
+            "charlm", seq_len=cfg.seq_len, path=cfg.data_path or None, eval_size=cfg.eval_size
+        )
+    return make_task(cfg.task)
+
+
+def build_model(cfg: Config, task) -> SequenceModel:
+    options = {"forget_bias": cfg.forget_bias} if cfg.cell == "lstm" else {}
+    layer = rnnjax.make_layer(
+        cfg.cell,
+        cfg.hidden_size,
+        num_layers=cfg.num_layers,
+        bidirectional=cfg.bidirectional,
+        dropout_rate=cfg.dropout,
+        **options,
+    )
+    return SequenceModel(
+        layer,
+        task.num_outputs,
+        head=task.head,
+        vocab_size=task.vocab_size,
+        embed_dim=cfg.embed_dim or None,
+    )
+
+
+def main(argv=None) -> int:
+    cfg, preset = common.parse_config(
+        Config, argv, presets=PRESETS, description=__doc__.split("\n")[0]
+    )
+    task = build_task(cfg)
+    model = build_model(cfg, task)
+    run = common.RunDir(Path(cfg.out) / cfg.run_name)
+    clip = cfg.clip_norm if cfg.clip_norm > 0 else None
+    optimizer, schedule = tr.make_optimizer(
+        cfg.optimizer,
+        cfg.learning_rate,
+        clip_norm=clip,
+        schedule=cfg.schedule,
+        total_steps=max(cfg.steps, 1),
+        warmup_steps=cfg.warmup_steps,
+    )
+
+    seeds = np.arange(cfg.seed, cfg.seed + cfg.seeds)
+    root = jax.random.key(0)
+    seed_keys = jax.vmap(lambda s: jax.random.fold_in(root, s))(jnp.asarray(seeds))
+    init_keys, data_keys, train_keys = jax.vmap(lambda k: jax.random.split(k, 3), out_axes=1)(
+        seed_keys
+    )
+
+    example = task.sample(jax.random.key(0), 2)
+
+    def init_one(init_key, train_key):
+        params = model.init(init_key, example.inputs, example.lengths)["params"]
+        return tr.init_state(params, optimizer, train_key)
+
+    state = jax.vmap(init_one)(init_keys, train_keys)
+    n_params = count_params(jax.tree.map(lambda a: a[0], state.params))
+
+    def loss_fn(params, batch, key):
+        outputs = model.apply(
+            {"params": params},
+            batch.inputs,
+            batch.lengths,
+            deterministic=cfg.dropout == 0.0,
+            rngs={"dropout": key},
+        )
+        return task.loss(outputs, batch), {}
+
+    train_step = jax.jit(
+        tr.vmap_seeds(tr.make_train_step(loss_fn, optimizer, clip_norm=clip, schedule=schedule))
+    )
+
+    @jax.jit
+    def batch_fn(step):
+        return jax.vmap(lambda k: task.sample(jax.random.fold_in(k, step), cfg.batch_size))(
+            data_keys
+        )
+
+    eval_batch = task.eval_set()
+
+    @jax.jit
+    def evaluate(params):
+        def one(p):
+            return task.metrics(
+                model.apply({"params": p}, eval_batch.inputs, eval_batch.lengths), eval_batch
+            )
+
+        return jax.vmap(one)(params)
+
+    ckpt = Checkpointer(run.path / "checkpoints", max_to_keep=cfg.keep)
+    if cfg.resume:
+        restored = ckpt.restore_latest(state)
+        if restored is None:
+            print(f"--resume: no usable checkpoint in {ckpt.directory}; starting from step 0")
+        else:
+            step0, state, _ = restored
+            print(f"Resumed from step {step0} in {ckpt.directory}")
+            run.truncate_jsonl("metrics.jsonl", step0)
+            run.truncate_jsonl("eval.jsonl", step0)
+    else:
+        if ckpt.steps():  # never overwrite a run's work: ask for --resume or a new name
+            raise SystemExit(
+                f"{ckpt.directory} already holds checkpoints {ckpt.steps()}: pass "
+                "--resume to continue that run, or --name / --out for a new one."
+            )
+        for name in ("metrics.jsonl", "eval.jsonl"):
+            (run.path / name).unlink(missing_ok=True)
+    run.write_json(
+        "config.json",
+        {
+            "config": dataclasses.asdict(cfg),
+            "preset": preset,
+            "task": task.info,
+            "params_per_seed": n_params,
+            "seeds": seeds.tolist(),
+        },
+    )
+    start_step = tr.current_step(state)
+    print(
+        f"{cfg.run_name}: {task.name} {task.info.get('seq_len', '')}, {cfg.cell} "
+        f"H={cfg.hidden_size} x{cfg.num_layers}, {n_params} params/seed, {cfg.seeds} seeds, "
+        f"{cfg.steps} steps on {jax.devices()[0].platform}"
+    )
+
+    clock = {"t": time.perf_counter(), "step": start_step}
+
+    def log_eval(step, state):
+        metrics = {k: np.asarray(v) for k, v in jax.device_get(evaluate(state.params)).items()}
+        run.append_jsonl(
+            "eval.jsonl", {"step": step, **{k: v.tolist() for k, v in metrics.items()}}
+        )
+        return metrics
+
+    def on_step(step, metrics, state):
+        now = time.perf_counter()
+        rate = (step - clock["step"]) / max(now - clock["t"], 1e-9)
+        clock.update(t=now, step=step)
+        run.append_jsonl(
+            "metrics.jsonl",
+            {
+                "step": step,
+                "loss": metrics["loss"].tolist(),
+                "grad_norm": metrics["grad_norm"].tolist(),
+                "clipped": metrics["clipped"].tolist(),
+                "lr": float(np.asarray(metrics["lr"]).reshape(-1)[0]),
+                "steps_per_s": rate,
+            },
+        )
+        if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
+            log_eval(step, state)
+
+    t0 = time.perf_counter()
+    status, message, exit_code, done_steps = "done", "", 0, cfg.steps
+    try:
+        state = tr.fit(
+            state,
+            train_step,
+            batch_fn,
+            num_steps=cfg.steps,
+            checkpointer=ckpt,
+            save_every=cfg.save_every,
+            on_step=on_step,
+            progress=cfg.progress,
+            desc=cfg.run_name,
+        )
+    except tr.NonFiniteError as err:
+        status, message, exit_code, done_steps = "nonfinite", str(err), 1, err.step
+    except tr.TrainingInterrupted as err:
+        status, message, exit_code, done_steps = "interrupted", str(err), 130, err.step
+    finally:
+        ckpt.close()
+    wall = time.perf_counter() - t0
+
+    final = log_eval(done_steps, state) if status == "done" else None
+    summary = {
+        "status": status,
+        "message": message,
+        "steps": done_steps,
+        "wall_s": wall,
+        "steps_per_s": (done_steps - start_step) / wall if wall > 0 else None,
+        "params_per_seed": n_params,
+        "seeds": seeds.tolist(),
+        "baseline": task.baseline,
+        "final": None
+        if final is None
+        else {k: {"per_seed": v.tolist(), **common.mean_spread(v)} for k, v in final.items()},
+        "config": dataclasses.asdict(cfg),
+        "environment": common.environment(),
+    }
+    if status == "done" and task.name == "charlm" and cfg.sample_chars:
+        summary["sample"] = sample_text(
+            model, jax.tree.map(lambda a: a[0], state.params), task, cfg.sample_chars
+        )
+        print("Sample (seed 0):\n" + summary["sample"])
+    run.write_json("summary.json", summary)
+    plot_run(run, cfg, task)
+    if final is not None:
+        shown = ", ".join(
+            f"{k} {common.fmt_mean_std(common.mean_spread(v), 4)}" for k, v in final.items()
+        )
+        print(
+            f"Final held-out ({cfg.seeds} seeds, mean ± std): {shown}; baseline loss "
+            f"{task.baseline:.4g}; {wall:.0f} s"
+        )
+    else:
+        print(f"Stopped: {message}")
+    print(f"Wrote {run.path}")
+    return exit_code
+
+
+def sample_text(model, params, task, num_chars: int, prompt: str = "The ", seed: int = 0) -> str:
+    """Sample characters from the language model, one step at a time from its carry."""
+    chars = task.info["chars"]
+    ids = jnp.array([[chars.index(c) for c in prompt if c in chars]], jnp.int32)
+    logits, carry = model.apply({"params": params}, ids, return_carry=True)
+
+    def step(state, key):
+        carry, last = state  # last: [1, V] logits of the newest position
+        token = jax.random.categorical(key, last)
+        logits, carry = model.apply(
+            {"params": params}, token[:, None], initial_carry=carry, return_carry=True
+        )
+        return (carry, logits[:, -1]), token[0]
+
+    keys = jax.random.split(jax.random.key(seed), num_chars)
+    _, tokens = jax.lax.scan(step, (carry, logits[:, -1]), keys)
+    return prompt + "".join(chars[int(t)] for t in tokens)
+
+
+def plot_run(run: common.RunDir, cfg: Config, task) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = run.read_jsonl("metrics.jsonl")
+    if not rows:
+        return
+    steps = np.array([r["step"] for r in rows])
+    loss = np.array([r["loss"] for r in rows])
+    gnorm = np.array([r["grad_norm"] for r in rows])
+    evals = run.read_jsonl("eval.jsonl")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for s in range(loss.shape[1]):
+        axes[0].plot(steps, loss[:, s], lw=0.6, alpha=0.7, label=f"seed {cfg.seed + s}")
+        axes[1].plot(steps, gnorm[:, s], lw=0.6, alpha=0.7)
+    if task.baseline is not None:
+        axes[0].axhline(task.baseline, color="k", ls="--", lw=1, label="baseline")
+    if cfg.clip_norm > 0:
+        axes[1].axhline(cfg.clip_norm, color="r", ls="--", lw=1, label="clip threshold")
+        axes[1].legend()
+    axes[0].set(title="training loss", xlabel="update", yscale="log")
+    axes[0].legend(fontsize=7)
+    axes[1].set(title="global gradient norm (before clipping)", xlabel="update", yscale="log")
+    if evals:
+        e_steps = [r["step"] for r in evals]
+        keys = [k for k in evals[0] if k != "step"]
+        for k in keys:
+            values = np.array([r[k] for r in evals])
+            axes[2].plot(e_steps, values.mean(1), marker="o", label=f"{k} (mean)")
+            axes[2].fill_between(e_steps, values.min(1), values.max(1), alpha=0.2)
+        axes[2].legend()
+    axes[2].set(title="held-out metrics (band: min-max over seeds)", xlabel="update")
+    fig.suptitle(f"{cfg.run_name}: {cfg.cell} H={cfg.hidden_size}, {cfg.seeds} seeds")
+    fig.tight_layout()
+    fig.savefig(run.path / "curves.png", dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""The "hello" sequence of REFERENCE.md section 1 as a task."""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+
+from rnnjax.tasks.base import Batch, Task, check_positive, masked_accuracy, masked_xent
+
+VOCAB = "helo"
+
+
+def hello() -> Task:
+    """Inputs h, e, l, l (tokens of the vocabulary "helo"); targets e, l, l, o."""
+    inputs = jnp.array([[VOCAB.index(c) for c in "hell"]], jnp.int32)
+    targets = jnp.array([[VOCAB.index(c) for c in "ello"]], jnp.int32)
+
+    def sample(key, batch_size: int) -> Batch:
+        del key  # one sequence: every batch is the same
+        check_positive("batch_size", batch_size)
+        tile = lambda a: jnp.tile(a, (batch_size, 1))  # noqa: E731
+        return Batch(tile(inputs), tile(targets), jnp.full((batch_size,), 4, jnp.int32))
+
+    def loss(outputs, batch):
+        return masked_xent(outputs, batch.targets, jnp.ones(batch.targets.shape, bool))
+
+    def metrics(outputs, batch):
+        ones = jnp.ones(batch.targets.shape, bool)
+        return {
+            "loss": loss(outputs, batch),
+            "accuracy": masked_accuracy(outputs, batch.targets, ones),
+        }
+
+    return Task(
+        name="hello",
+        sample=sample,
+        eval_set=lambda: sample(None, 1),
+        input_size=None,
+        vocab_size=4,
+        num_outputs=4,
+        head="each",
+        loss=loss,
+        metrics=metrics,
+        baseline=math.log(4.0),
+        info={"vocab": VOCAB, "inputs": "hell", "targets": "ello"},
+    )

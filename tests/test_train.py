@@ -1,0 +1,229 @@
+"""The train step, clipping, non-finite handling, checkpoints and exact resume."""
+
+import os
+import signal
+import warnings
+from pathlib import Path
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import rnnjax
+from rnnjax import train as tr
+from rnnjax.checkpoint import Checkpointer, CheckpointWarning
+from rnnjax.modules import SequenceModel
+from rnnjax.tasks import make_task
+
+
+def setup(cell="lstm", *, optimizer="adam", lr=1e-2, clip=1.0, dropout=0.0, T=12):
+    task = make_task("adding", seq_len=T)
+    layers = 2 if dropout else 1
+    model = SequenceModel(
+        rnnjax.make_layer(cell, 8, num_layers=layers, dropout_rate=dropout), 1, head="last"
+    )
+    example = task.sample(jax.random.key(0), 2)
+    params = model.init(jax.random.key(1), example.inputs, example.lengths)["params"]
+    opt, sched = tr.make_optimizer(optimizer, lr, clip_norm=clip)
+
+    def loss_fn(p, batch, key):
+        out = model.apply(
+            {"params": p},
+            batch.inputs,
+            batch.lengths,
+            deterministic=not dropout,
+            rngs={"dropout": key},
+        )
+        return task.loss(out, batch), {}
+
+    step = jax.jit(tr.make_train_step(loss_fn, opt, clip_norm=clip, schedule=sched))
+    state = tr.init_state(params, opt, jax.random.key(2))
+    data_key = jax.random.key(3)
+    batch_fn = lambda s: task.sample(jax.random.fold_in(data_key, s), 16)  # noqa: E731
+    return state, step, batch_fn, loss_fn
+
+
+@pytest.mark.parametrize("cell", sorted(rnnjax.CELLS))
+def test_a_few_steps_lower_the_loss_on_a_fixed_batch(cell):
+    state, step, batch_fn, loss_fn = setup(cell)
+    batch = batch_fn(0)
+    before = float(loss_fn(state.params, batch, jax.random.key(0))[0])
+    for _ in range(15):
+        state, metrics = step(state, batch)
+    after = float(loss_fn(state.params, batch, jax.random.key(0))[0])
+    assert after < 0.7 * before, (before, after)
+    assert int(state.step) == 15
+
+
+def test_clipping_bounds_the_applied_update_and_reports_pre_clip_norm():
+    clip = 0.05
+    state, step, batch_fn, loss_fn = setup(optimizer="sgd", lr=1.0, clip=clip)
+    batch = batch_fn(0)
+    # Second route for the pre-clip norm: jax.grad and optax.global_norm by hand.
+    grads = jax.grad(lambda p: loss_fn(p, batch, jax.random.key(0))[0])(state.params)
+    norm = float(optax.tree.norm(grads))
+    assert norm > clip  # the case under test
+    new, metrics = step(state, batch)
+    np.testing.assert_allclose(metrics["grad_norm"], norm, rtol=1e-5)
+    assert bool(metrics["clipped"])
+    update = jax.tree.map(lambda a, b: a - b, new.params, state.params)
+    # SGD with lr 1 applies -g_clipped: its norm is exactly the threshold.
+    np.testing.assert_allclose(float(optax.tree.norm(update)), clip, rtol=1e-4)
+    # Below the threshold nothing is clipped and the update is the raw gradient.
+    state2, step2, _, _ = setup(optimizer="sgd", lr=1.0, clip=10 * norm)
+    new2, m2 = step2(state2, batch)
+    assert not bool(m2["clipped"])
+    update2 = jax.tree.map(lambda a, b: a - b, new2.params, state2.params)
+    chex.assert_trees_all_close(update2, jax.tree.map(jnp.negative, grads), rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", tr.OPTIMIZERS)
+def test_every_optimizer_runs(name):
+    state, step, batch_fn, _ = setup(optimizer=name, lr=1e-3)
+    new, metrics = step(state, batch_fn(0))
+    assert np.isfinite(metrics["loss"]) and float(metrics["lr"]) == pytest.approx(1e-3)
+    assert not np.allclose(new.params["head"]["readout"].w, state.params["head"]["readout"].w)
+
+
+def test_schedules():
+    _, cosine = tr.make_optimizer("adam", 1.0, schedule="cosine", total_steps=10)
+    _, warm = tr.make_optimizer(
+        "adam", 1.0, schedule="warmup_cosine", total_steps=10, warmup_steps=4
+    )
+    assert float(cosine(0)) == 1.0 and float(cosine(10)) == pytest.approx(0.0, abs=1e-7)
+    assert float(warm(0)) == 0.0 and float(warm(4)) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"name": "adamax"}, r"optimizer must be one of \['sgd', 'momentum', 'adam'"),
+        ({"clip_norm": 0.0}, "clip_norm must be > 0 or None"),
+        ({"learning_rate": -1.0}, "learning_rate must be > 0"),
+        ({"schedule": "step"}, "schedule must be one of"),
+        ({"schedule": "cosine"}, "schedule 'cosine' needs total_steps >= 1"),
+    ],
+)
+def test_bad_optimizer_options(kw, match):
+    with pytest.raises(ValueError, match=match):
+        tr.make_optimizer(**kw)
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    state, step, batch_fn, _ = setup()
+    bad_from = 7
+
+    def poisoned(s):
+        batch = batch_fn(s)
+        return batch._replace(inputs=batch.inputs * (jnp.nan if s >= bad_from else 1.0))
+
+    with Checkpointer(tmp_path, max_to_keep=5) as ckpt:
+        with pytest.raises(
+            tr.NonFiniteError, match="non-finite loss or gradient at update 8 .*step 7"
+        ):
+            tr.fit(
+                state, step, poisoned, num_steps=20, checkpointer=ckpt, save_every=3, progress=False
+            )
+        assert ckpt.steps() == [3, 6]
+        restored_step, restored, _ = ckpt.restore_latest(state)
+        assert restored_step == 6
+        assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(restored.params))
+
+
+def _run(state, step, batch_fn, n, ckpt=None, **kw):
+    return tr.fit(state, step, batch_fn, num_steps=n, checkpointer=ckpt, progress=False, **kw)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_resume_is_bit_identical(tmp_path, dropout):
+    state0, step, batch_fn, _ = setup(dropout=dropout)
+    straight = _run(state0, step, batch_fn, 25)
+    with Checkpointer(tmp_path) as ckpt:
+        _run(state0, step, batch_fn, 11, ckpt, save_every=5)
+    # A fresh process would rebuild state0 and restore: do the same.
+    with Checkpointer(tmp_path) as ckpt:
+        k, restored, _ = ckpt.restore_latest(state0)
+        assert k == 11
+        resumed = _run(restored, step, batch_fn, 25, ckpt, save_every=5)
+    chex.assert_trees_all_equal(resumed, straight)
+
+
+def test_sigint_mid_training_checkpoints_then_resumes_exactly(tmp_path):
+    state0, step, batch_fn, _ = setup()
+    straight = _run(state0, step, batch_fn, 20)
+
+    def interrupt_at_7(done, metrics, state):
+        if done == 7:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with Checkpointer(tmp_path) as ckpt:
+        with pytest.raises(tr.TrainingInterrupted) as info:
+            _run(state0, step, batch_fn, 20, ckpt, save_every=5, on_step=interrupt_at_7)
+        assert info.value.step == 7 and info.value.signum == signal.SIGINT
+        assert ckpt.steps() == [5, 7]
+    with Checkpointer(tmp_path) as ckpt:
+        _, restored, _ = ckpt.restore_latest(state0)
+        resumed = _run(restored, step, batch_fn, 20, ckpt)
+    chex.assert_trees_all_equal(resumed, straight)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def _largest_file(folder: Path) -> Path:
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    return max(files, key=lambda p: p.stat().st_size)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, damage):
+    state0, step, batch_fn, _ = setup()
+    with Checkpointer(tmp_path) as ckpt:
+        at10 = _run(state0, step, batch_fn, 10, ckpt, save_every=10)
+        _run(at10, step, batch_fn, 20, ckpt, save_every=10)
+        assert ckpt.steps() == [10, 20]
+    victim = _largest_file(tmp_path / "20" / "state")
+    data = bytearray(victim.read_bytes())
+    if damage == "truncate":
+        victim.write_bytes(bytes(data[: len(data) // 2]))
+    else:
+        data[len(data) // 2] ^= 0xFF
+        victim.write_bytes(bytes(data))
+    with Checkpointer(tmp_path) as ckpt:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            k, restored, _ = ckpt.restore_latest(state0)
+    assert k == 10
+    chex.assert_trees_all_equal(restored, at10)
+    assert any(
+        issubclass(w.category, CheckpointWarning) and "step 20" in str(w.message) for w in caught
+    )
+
+
+def test_checkpointer_keeps_the_last_k(tmp_path):
+    state0, step, batch_fn, _ = setup()
+    with Checkpointer(tmp_path, max_to_keep=2) as ckpt:
+        _run(state0, step, batch_fn, 9, ckpt, save_every=2)
+        assert ckpt.steps() == [8, 9]
+    with pytest.raises(ValueError, match="max_to_keep must be an int >= 1"):
+        Checkpointer(tmp_path, max_to_keep=0)
+
+
+def test_vmapped_seeds_equal_separate_runs():
+    state0, step, batch_fn, loss_fn = setup()
+    opt, _ = tr.make_optimizer("adam", 1e-2, clip_norm=1.0)
+    raw = tr.make_train_step(loss_fn, opt, clip_norm=1.0)
+    states = jax.tree.map(
+        lambda a, b: jnp.stack([a, b]),
+        state0,
+        state0._replace(key=jax.random.key_data(jax.random.key(9))),
+    )
+    batches = jax.tree.map(lambda a, b: jnp.stack([a, b]), batch_fn(0), batch_fn(1))
+    new, metrics = jax.jit(tr.vmap_seeds(raw))(states, batches)
+    for s in range(2):
+        one, m = jax.jit(raw)(
+            jax.tree.map(lambda a: a[s], states), jax.tree.map(lambda a: a[s], batches)
+        )
+        chex.assert_trees_all_close(jax.tree.map(lambda a: a[s], new), one, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(metrics["loss"][s], m["loss"], rtol=1e-6)
