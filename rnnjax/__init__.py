@@ -28,7 +28,7 @@ from rnnjax.layers import (
     stack,
 )
 from rnnjax.readout import ReadoutParams, readout, readout_init
-from rnnjax.scan import scan
+from rnnjax.scan import Perturbation, scan
 
 __version__ = "0.1.0"
 
@@ -45,6 +45,7 @@ __all__ = [
     "LSTMCarry",
     "LSTMParams",
     "Layer",
+    "Perturbation",
     "ReadoutParams",
     "bidirectional",
     "elman",

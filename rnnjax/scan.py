@@ -6,11 +6,30 @@ batch dims, possibly none), ``[T, *batch, ...]`` inside the loop.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from rnnjax.cells.base import Array, Cell, PyTree, check_carry
+
+
+class Perturbation(NamedTuple):
+    """Zeros to differentiate with respect to: the driver's hook for diagnostics.
+
+    Each field has a leading time axis ``[T, ...]`` (time-major, whatever ``xs`` is):
+      carry: like the carry, ``[T, *batch, ...]``; ``eps_t`` is added to the carry
+        after step ``t`` (before its output is read), so ``d loss / d eps_t`` is
+        ``dL/dh_t`` (and ``dL/dc_t``) for every ``t`` from one backward pass.
+      params: like the params, ``[T, ...]``; added to the params ``recur`` sees at step
+        ``t``, so ``d loss / d eps_t`` is step ``t``'s term of ``dL/dW_h`` (the
+        chain-rule sum of backpropagation through time, split by time step).
+    With zeros the forward pass is unchanged. Either field may be ``None``.
+    """
+
+    carry: PyTree | None = None
+    params: PyTree | None = None
 
 
 def scan(
@@ -23,6 +42,8 @@ def scan(
     reverse: bool = False,
     unroll: int | bool = 1,
     time_major: bool = False,
+    perturbation: Perturbation | None = None,
+    return_carries: bool = False,
 ) -> tuple[PyTree, Array]:
     """Run ``cell`` over the time axis of ``xs``.
 
@@ -44,6 +65,9 @@ def scan(
         Outputs stay aligned with the inputs: ``ys[..., t, :]`` belongs to ``xs[..., t, :]``.
       unroll: passed to ``lax.scan``; measure before raising it (slower on CPU).
       time_major: layout of ``xs`` and of the returned ``ys``.
+      perturbation: a :class:`Perturbation` of zeros, for gradient-flow diagnostics.
+      return_carries: return every step's carry (padded steps hold the last valid
+        one) in place of ``ys``, with the time axis where ``ys`` would have it.
 
     Returns:
       ``(final_carry, ys)`` with ``ys`` ``[*batch, T, H]`` (or ``[T, *batch, H]``).
@@ -80,20 +104,36 @@ def scan(
         steps = jnp.arange(num_steps).reshape((num_steps,) + (1,) * len(batch_shape))
         mask = steps < lengths  # [T, *batch]
 
+    eps_carry, eps_params = perturbation if perturbation is not None else (None, None)
+    if eps_carry is not None:
+        want = jax.tree.map(lambda c: (num_steps,) + jnp.shape(c), carry)
+        got = jax.tree.map(jnp.shape, eps_carry)
+        if jax.tree.structure(got) != jax.tree.structure(want) or jax.tree.leaves(
+            got
+        ) != jax.tree.leaves(want):
+            raise ValueError(f"perturbation.carry must have shapes {want} (time-major); got {got}.")
+
     def body(carry, inputs):
-        xp_t, valid = inputs
-        new_carry, y = cell.recur(params, carry, xp_t)
+        xp_t, valid, e_carry, e_params = inputs
+        p = params if e_params is None else jax.tree.map(jnp.add, params, e_params)
+        new_carry, y = cell.recur(p, carry, xp_t)
         if valid is not None:
             keep = valid[..., None]
             new_carry = jax.tree.map(lambda n, o: jnp.where(keep, n, o), new_carry, carry)
+        if e_carry is not None:
+            new_carry = jax.tree.map(jnp.add, new_carry, e_carry)
+            y = cell.output(new_carry)
+        if valid is not None:
             y = jnp.where(keep, y, jnp.zeros_like(y))
-        return new_carry, y
+        return new_carry, new_carry if return_carries else y
 
     # Reverse over time with a mask: the padded tail comes first and is inert, so the
     # carry reaches step lengths-1 untouched; no per-example gather is needed.
-    final_carry, ys = jax.lax.scan(body, carry, (xp, mask), reverse=reverse, unroll=unroll)
+    final_carry, ys = jax.lax.scan(
+        body, carry, (xp, mask, eps_carry, eps_params), reverse=reverse, unroll=unroll
+    )
     if not time_major:
-        ys = jnp.moveaxis(ys, 0, -2)
+        ys = jax.tree.map(lambda a: jnp.moveaxis(a, 0, len(batch_shape)), ys)
     return final_carry, ys
 
 

@@ -36,6 +36,11 @@ class Cell(NamedTuple):
         ``step(p, c, x) == recur(p, c, project(p, x))``.
       hidden_size: ``H``; the output ``y`` of a step has shape ``[*batch, H]``.
       name: the family name, e.g. ``"lstm"``.
+      output: ``output(carry) -> y``, the output a carry stands for (``h``); the
+        driver uses it when a diagnostic perturbs the carry.
+      gates: ``gates(params, carry, xp_t) -> dict`` of gate activations
+        ``[*batch, H]`` for one step (e.g. ``"forget"``), or ``None`` for an ungated
+        cell; ``recur`` is built on it, so diagnostics read the very same values.
     """
 
     init: Callable[..., PyTree]
@@ -45,6 +50,8 @@ class Cell(NamedTuple):
     step: Callable[..., tuple[PyTree, Array]]
     hidden_size: int
     name: str
+    output: Callable[[PyTree], Array]
+    gates: Callable[..., dict] | None
 
 
 def gate_init(

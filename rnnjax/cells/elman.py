@@ -105,4 +105,14 @@ def elman(
     def step(params: ElmanParams, h: Array, x: Array) -> tuple[Array, Array]:
         return recur(params, h, project(params, x))
 
-    return Cell(init, initial_carry, project, recur, step, H, "elman")
+    return Cell(
+        init=init,
+        initial_carry=initial_carry,
+        project=project,
+        recur=recur,
+        step=step,
+        hidden_size=H,
+        name="elman",
+        output=lambda h: h,
+        gates=None,
+    )

@@ -93,7 +93,7 @@ def gru(
         z = xs.astype(dt) @ params.w_x.astype(dt) + params.b_x.astype(dt)
         return tuple(jnp.split(z, NUM_GATES, axis=-1))
 
-    def recur(params: GRUParams, h: Array, xp) -> tuple[Array, Array]:
+    def gates(params: GRUParams, h: Array, xp) -> dict[str, Array]:
         x_r, x_z, x_n = xp
         dt = compute_dtype(_dtype, x_r, params.w_h)
         h_in = h.astype(dt)
@@ -104,15 +104,29 @@ def gru(
             z = jax.nn.sigmoid(x_z + a_z)
             n = jnp.tanh(x_n + r * a_n)
         else:
-            a_rz = h_in @ w_h[:, : 2 * H] + b_h[: 2 * H]
-            a_r, a_z = jnp.split(a_rz, 2, axis=-1)
+            a_r, a_z = jnp.split(h_in @ w_h[:, : 2 * H] + b_h[: 2 * H], 2, axis=-1)
             r = jax.nn.sigmoid(x_r + a_r)
             z = jax.nn.sigmoid(x_z + a_z)
             n = jnp.tanh(x_n + (r * h_in) @ w_h[:, 2 * H :] + b_h[2 * H :])
-        h_new = ((1.0 - z) * n + z * h_in).astype(h.dtype)
+        return {"reset": r, "update": z, "candidate": n}
+
+    def recur(params: GRUParams, h: Array, xp) -> tuple[Array, Array]:
+        a = gates(params, h, xp)
+        z = a["update"]
+        h_new = ((1.0 - z) * a["candidate"] + z * h.astype(z.dtype)).astype(h.dtype)
         return h_new, h_new
 
     def step(params: GRUParams, h: Array, x: Array) -> tuple[Array, Array]:
         return recur(params, h, project(params, x))
 
-    return Cell(init, initial_carry, project, recur, step, H, "gru")
+    return Cell(
+        init=init,
+        initial_carry=initial_carry,
+        project=project,
+        recur=recur,
+        step=step,
+        hidden_size=H,
+        name="gru",
+        output=lambda h: h,
+        gates=gates,
+    )

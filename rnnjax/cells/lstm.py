@@ -96,21 +96,35 @@ def lstm(
         z = xs.astype(dt) @ params.w_x.astype(dt) + params.b.astype(dt)
         return tuple(jnp.split(z, NUM_GATES, axis=-1))
 
-    def recur(params: LSTMParams, carry: LSTMCarry, xp) -> tuple[LSTMCarry, Array]:
+    def gates(params: LSTMParams, carry: LSTMCarry, xp) -> dict[str, Array]:
         x_i, x_f, x_g, x_o = xp
         dt = compute_dtype(_dtype, x_i, params.w_h)
-        h, c = carry.h.astype(dt), carry.c.astype(dt)
-        z_i, z_f, z_g, z_o = jnp.split(h @ params.w_h.astype(dt), NUM_GATES, axis=-1)
-        i = jax.nn.sigmoid(x_i + z_i)
-        f = jax.nn.sigmoid(x_f + z_f)
-        g = jnp.tanh(x_g + z_g)
-        o = jax.nn.sigmoid(x_o + z_o)
-        c_new = f * c + i * g
-        h_new = o * jnp.tanh(c_new)
+        z_i, z_f, z_g, z_o = jnp.split(carry.h.astype(dt) @ params.w_h.astype(dt), NUM_GATES, -1)
+        return {
+            "input": jax.nn.sigmoid(x_i + z_i),
+            "forget": jax.nn.sigmoid(x_f + z_f),
+            "candidate": jnp.tanh(x_g + z_g),
+            "output": jax.nn.sigmoid(x_o + z_o),
+        }
+
+    def recur(params: LSTMParams, carry: LSTMCarry, xp) -> tuple[LSTMCarry, Array]:
+        a = gates(params, carry, xp)
+        c_new = a["forget"] * carry.c.astype(a["forget"].dtype) + a["input"] * a["candidate"]
+        h_new = a["output"] * jnp.tanh(c_new)
         new = LSTMCarry(h=h_new.astype(carry.h.dtype), c=c_new.astype(carry.c.dtype))
         return new, new.h
 
     def step(params: LSTMParams, carry: LSTMCarry, x: Array) -> tuple[LSTMCarry, Array]:
         return recur(params, carry, project(params, x))
 
-    return Cell(init, initial_carry, project, recur, step, H, "lstm")
+    return Cell(
+        init=init,
+        initial_carry=initial_carry,
+        project=project,
+        recur=recur,
+        step=step,
+        hidden_size=H,
+        name="lstm",
+        output=lambda carry: carry.h,
+        gates=gates,
+    )
