@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,torch,experiments]'
 	touch $(STAMP)
 
-run: hello
+run: $(STAMP)
+	$(PY) experiments/vanishing_gradients.py
 
 hello: $(STAMP)
 	$(PY) experiments/hello.py

@@ -3,7 +3,7 @@
 from rnnjax.cells.base import Cell
 from rnnjax.cells.elman import ElmanParams, elman
 from rnnjax.cells.gru import GRUParams, gru
-from rnnjax.cells.lstm import LSTMCarry, LSTMParams, lstm
+from rnnjax.cells.lstm import LSTMCarry, LSTMParams, chrono_bias_init, lstm
 from rnnjax.cells.registry import CELLS, make_cell
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "GRUParams",
     "LSTMCarry",
     "LSTMParams",
+    "chrono_bias_init",
     "elman",
     "gru",
     "lstm",

@@ -128,3 +128,26 @@ def lstm(
         output=lambda carry: carry.h,
         gates=gates,
     )
+
+
+def chrono_bias_init(max_timescale: float):
+    """Chrono initialisation of the LSTM bias (Tallec & Ollivier 2018).
+
+    ``b_f = log(u)``, ``u ~ U[1, max_timescale - 1]``, and ``b_i = -b_f``; other gate
+    biases 0. The forget gate then starts with memory timescales spread up to about
+    ``max_timescale`` steps. Use with ``forget_bias=0.0``:
+    ``lstm(H, forget_bias=0.0, bias_init=chrono_bias_init(T))``.
+    """
+    if not max_timescale > 2:
+        raise ValueError(f"max_timescale must be > 2; got {max_timescale!r}.")
+
+    def init(key, shape, dtype=jnp.float32):
+        (size,) = shape
+        if size % NUM_GATES:
+            raise ValueError(f"chrono_bias_init expects an LSTM bias of shape [4H]; got {shape}.")
+        H = size // NUM_GATES
+        b_f = jnp.log(jax.random.uniform(key, (H,), jnp.float32, 1.0, max_timescale - 1.0))
+        zeros = jnp.zeros((H,), jnp.float32)
+        return jnp.concatenate([-b_f, b_f, zeros, zeros]).astype(dtype)
+
+    return init

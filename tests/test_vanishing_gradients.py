@@ -1,0 +1,114 @@
+"""The main job end to end in a tiny configuration: every promised file, every cell."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import rnnjax
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "experiments" / "vanishing_gradients.py"
+
+TINY = [
+    "--hidden_size",
+    "6",
+    "--lengths",
+    "8,16",
+    "--seeds",
+    "2",
+    "--batch_size",
+    "4",
+    "--sweep_len",
+    "10",
+    "--train_lengths",
+    "10",
+    "--train_steps",
+    "4",
+    "--clip_steps",
+    "3",
+    "--eval_size",
+    "8",
+    "--scales",
+    "0.5,1.5",
+    "--no-progress",
+]
+
+
+def load():
+    sys.path.insert(0, str(SCRIPT.parent))
+    spec = importlib.util.spec_from_file_location("vanishing_gradients", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["vanishing_gradients"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_study_writes_report_figures_and_summary(tmp_path, capsys):
+    out = tmp_path / "vg"
+    assert load().main(TINY + ["--out", str(out)]) == 0
+    for name in (
+        "report.md",
+        "summary.json",
+        "config.json",
+        "grad_vs_distance.png",
+        "singular_values.png",
+        "scale_sweep.png",
+        "final_loss.png",
+        "clipping.png",
+    ):
+        assert (out / name).stat().st_size > 0, name
+    summary = json.loads((out / "summary.json").read_text())
+    report = (out / "report.md").read_text()
+    for cell in rnnjax.CELLS:  # every cell the library has, with no list to update
+        assert f"| {cell} |" in report
+        assert f"{cell}/T16" in summary["init"] and f"{cell}/T10" in summary["train"]
+    assert set(summary["forget"]) >= {"0/8", "1/16", "chrono/16", "chrono/train"}
+    assert set(summary["clip"]) == {
+        f"{c}/g{g}/{o}" for c in ("rnn_tanh", "rnn_relu") for g in (0.5, 1.5) for o in ("on", "off")
+    }
+    # The report's numbers are the summary's: spot-check one cell of table 1.
+    f = summary["init"]["lstm/T16"]["factor"]
+    assert f"{f['mean']:.4g} ± {f['std']:.3g}" in report
+    assert (
+        "## What the numbers show" in report
+        and "Command: `python experiments/vanishing_gradients.py" in report
+    )
+    for section in ("init", "sweep", "train"):
+        for entry in summary[section].values():
+            for stats in entry.values():
+                if isinstance(stats, dict) and "mean" in stats:
+                    assert np.isfinite(stats["mean"])
+    assert "Wrote" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["--cells", "lstm,transformer"], "--cells must be names from"),
+        (["--forget_biases", "2"], "--forget_biases must be from 0, 1, chrono"),
+        (["--lengths", "1,8"], "--lengths must all be >= 2"),
+        (["--scales", "0,1"], "--scales and --clip_scales must be > 0"),
+    ],
+)
+def test_bad_config(argv, match, tmp_path):
+    with pytest.raises(ValueError, match=match):
+        load().main(argv + ["--out", str(tmp_path)])
+
+
+def test_full_preset_sets_paper_sizes_and_keeps_overrides(monkeypatch, tmp_path):
+    module = load()
+    seen = {}
+    monkeypatch.setattr(
+        module,
+        "run",
+        lambda cfg: seen.setdefault("cfg", cfg) and (_ for _ in ()).throw(SystemExit(0)),
+    )
+    with pytest.raises(SystemExit):
+        module.main(["--full", "--seeds", "2", "--out", str(tmp_path)])
+    cfg = seen["cfg"]
+    assert cfg.hidden_size == 128 and max(cfg.lengths) == 1000 and cfg.seeds == 2
