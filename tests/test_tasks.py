@@ -172,3 +172,15 @@ def test_bad_task_options(name, kw, match):
 def test_bad_batch_size():
     with pytest.raises(ValueError, match="batch_size must be an int >= 1; got 0"):
         make_task("adding", seq_len=5).sample(jax.random.key(0), 0)
+
+
+def test_copy_accuracy_counts_the_copied_symbols_of_every_sequence():
+    task = make_task("copy", delay=5)
+    batch = task.sample(jax.random.key(10), 16)
+    perfect = jax.nn.one_hot(batch.targets, 10) * 10.0
+    assert float(task.metrics(perfect, batch)["accuracy"]) == 1.0
+    # Right everywhere but the symbols of half the batch: accuracy exactly 1/2.
+    wrong = perfect.at[:8, -10:].set(jax.nn.one_hot((batch.targets[:8, -10:] % 8) + 1, 10) * 10.0)
+    np.testing.assert_allclose(task.metrics(wrong, batch)["accuracy"], 0.5)
+    blanks_only = jax.nn.one_hot(jnp.zeros_like(batch.targets), 10)
+    assert float(task.metrics(blanks_only, batch)["accuracy"]) == 0.0

@@ -62,11 +62,13 @@ def step_mask(lengths: Array, num_steps: int) -> Array:
 def masked_xent(logits: Array, targets: Array, mask: Array) -> Array:
     """Mean cross-entropy (nats) over the steps where ``mask`` is true."""
     xent = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    mask = jnp.broadcast_to(mask, xent.shape)
     return jnp.sum(jnp.where(mask, xent, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
 
 
 def masked_accuracy(logits: Array, targets: Array, mask: Array) -> Array:
     hit = jnp.argmax(logits, -1) == targets
+    mask = jnp.broadcast_to(mask, hit.shape)  # a mask may be shared by the whole batch
     return jnp.sum(jnp.where(mask, hit, False)) / jnp.maximum(jnp.sum(mask), 1)
 
 
