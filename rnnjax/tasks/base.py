@@ -73,3 +73,16 @@ def masked_accuracy(logits: Array, targets: Array, mask: Array) -> Array:
 
 
 LN2 = math.log(2.0)
+
+
+def xent_loss(outputs: Array, batch: Batch) -> Array:
+    """Cross-entropy over every target (a class per sequence or a token per step)."""
+    return masked_xent(outputs, batch.targets, jnp.ones(batch.targets.shape, bool))
+
+
+def xent_metrics(outputs: Array, batch: Batch) -> dict:
+    ones = jnp.ones(batch.targets.shape, bool)
+    return {
+        "loss": xent_loss(outputs, batch),
+        "accuracy": masked_accuracy(outputs, batch.targets, ones),
+    }

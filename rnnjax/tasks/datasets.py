@@ -15,9 +15,10 @@ from rnnjax.tasks.base import (
     Batch,
     Task,
     check_positive,
-    masked_accuracy,
     masked_xent,
     step_mask,
+    xent_loss,
+    xent_metrics,
 )
 
 SPLIT_KEY = 0  # the fixed train/test shuffle of load_digits
@@ -57,16 +58,6 @@ def sequential_digits(
         idx = jax.random.randint(key, (batch_size,), 0, n_train)
         return to_batch(x_train[idx], y_train[idx])
 
-    def loss(outputs, batch):
-        return masked_xent(outputs, batch.targets, jnp.ones(batch.targets.shape, bool))
-
-    def metrics(outputs, batch):
-        ones = jnp.ones(batch.targets.shape, bool)
-        return {
-            "loss": loss(outputs, batch),
-            "accuracy": masked_accuracy(outputs, batch.targets, ones),
-        }
-
     return Task(
         name="digits_permuted" if permuted else "digits",
         sample=sample,
@@ -75,8 +66,8 @@ def sequential_digits(
         vocab_size=None,
         num_outputs=10,
         head="last",
-        loss=loss,
-        metrics=metrics,
+        loss=xent_loss,
+        metrics=xent_metrics,
         baseline=float(np.log(10.0)),
         info={
             "source": source,

@@ -6,7 +6,7 @@ import math
 
 import jax.numpy as jnp
 
-from rnnjax.tasks.base import Batch, Task, check_positive, masked_accuracy, masked_xent
+from rnnjax.tasks.base import Batch, Task, check_positive, xent_loss, xent_metrics
 
 VOCAB = "helo"
 
@@ -22,16 +22,6 @@ def hello() -> Task:
         tile = lambda a: jnp.tile(a, (batch_size, 1))  # noqa: E731
         return Batch(tile(inputs), tile(targets), jnp.full((batch_size,), 4, jnp.int32))
 
-    def loss(outputs, batch):
-        return masked_xent(outputs, batch.targets, jnp.ones(batch.targets.shape, bool))
-
-    def metrics(outputs, batch):
-        ones = jnp.ones(batch.targets.shape, bool)
-        return {
-            "loss": loss(outputs, batch),
-            "accuracy": masked_accuracy(outputs, batch.targets, ones),
-        }
-
     return Task(
         name="hello",
         sample=sample,
@@ -40,8 +30,8 @@ def hello() -> Task:
         vocab_size=4,
         num_outputs=4,
         head="each",
-        loss=loss,
-        metrics=metrics,
+        loss=xent_loss,
+        metrics=xent_metrics,
         baseline=math.log(4.0),
         info={"vocab": VOCAB, "inputs": "hell", "targets": "ello"},
     )
