@@ -173,7 +173,9 @@ def _grad_flow_fn(cell):
         _, grads = dg.hidden_grads(cell, cell_params, batch.inputs, loss_fn)
         norms = dg.grad_norms(grads)
         h_norms = norms.h if isinstance(norms, rnnjax.LSTMCarry) else norms  # [T, B]
+        c_norms = norms.c if isinstance(norms, rnnjax.LSTMCarry) else norms  # the cell state
         log_h = jnp.log(jnp.maximum(h_norms, TINY)).mean(1)
+        log_c = jnp.log(jnp.maximum(c_norms, TINY)).mean(1)
         slope, factor = dg.decay_rate(h_norms)
         # Theory (tanh RNN): J_t = diag(1 - h_t^2) W_h^T, so a random direction shrinks
         # by about g * rms(1 - h_t^2) per step.
@@ -181,6 +183,7 @@ def _grad_flow_fn(cell):
         tanh_prime_rms = jnp.sqrt(jnp.mean((1 - hs**2) ** 2, axis=(0, 2)))  # [T]
         return {
             "log_norm": log_h,
+            "log_norm_c": log_c,
             "slope": slope,
             "factor": factor,
             "log_tanh_prime_rms": jnp.mean(jnp.log(jnp.maximum(tanh_prime_rms[1:], TINY))),
@@ -193,6 +196,7 @@ def grad_flow(cell, params, batch) -> dict[str, np.ndarray]:
     out = _grad_flow_fn(cell)(params, batch)
     out = {k: np.asarray(v) for k, v in out.items()}
     out["log10_ratio"] = (out["log_norm"][:, 0] - out["log_norm"][:, -1]) / math.log(10)
+    out["log10_ratio_c"] = (out["log_norm_c"][:, 0] - out["log_norm_c"][:, -1]) / math.log(10)
     return out
 
 
@@ -470,6 +474,7 @@ def summarise(cfg: Config, results: dict) -> dict:
         s["init"][f"{name}/T{T}"] = {
             "factor": common.mean_spread(r["factor"]),
             "log10_ratio": common.mean_spread(r["log10_ratio"]),
+            "log10_ratio_c": common.mean_spread(r["log10_ratio_c"]),
             "predicted_factor": common.mean_spread(np.exp(r["log_tanh_prime_rms"])),
         }
     for (name, g), r in results["sweep"].items():
@@ -546,6 +551,13 @@ def write_report(
         f = [ms(results["init"][(name, T)]["factor"], 4) for T in L]
         r = [ms(results["init"][(name, T)]["log10_ratio"]) for T in L]
         lines.append(f"| {name} | " + " | ".join(f) + " | " + " | ".join(r) + " |")
+    if "lstm" in cells:
+        lines += [
+            "",
+            "LSTM cell state: log10 `||dL/dc_1|| / ||dL/dc_T||` "
+            + ", ".join(f"T={T}: {ms(results['init'][('lstm', T)]['log10_ratio_c'])}" for T in L)
+            + ".",
+        ]
     t_ref = cfg.sweep_len if cfg.sweep_len in L else L[len(L) // 2]
     if "rnn_tanh" in cells and ("rnn_tanh", t_ref) in results["init"]:
         r = results["init"][("rnn_tanh", t_ref)]
@@ -815,6 +827,9 @@ def plot(cfg: Config, results: dict, out: Path) -> None:
         r = results["init"][(name, T_max)]["log_norm"] * log10  # [S, T]
         d = np.arange(r.shape[1])[::-1]
         axes[0].plot(d, r.mean(0), color=colors[name], label=name)
+        if name == "lstm":
+            c = results["init"][(name, T_max)]["log_norm_c"] * log10
+            axes[0].plot(d, c.mean(0), color=colors[name], ls="--", label="lstm, dL/dc_t")
         axes[0].fill_between(d, r.min(0), r.max(0), color=colors[name], alpha=0.2)
         a = results["train"][(name, t_train)]["after"]["log_norm"] * log10
         d2 = np.arange(a.shape[1])[::-1]
