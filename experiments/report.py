@@ -72,10 +72,18 @@ def table(runs: list[Path]) -> str:
     head = list(rows[0])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(str(r[h]) for h in head) + " |" for r in rows]
-    env = json.loads((runs[0] / "summary.json").read_text())["environment"]
+    envs = [
+        json.loads((r / "summary.json").read_text())["environment"]
+        for r in runs
+        if (r / "summary.json").exists()
+    ]
+    env = envs[0]
+    commits = sorted({str(e["git_commit"])[:10] for e in envs})
     foot = (
         f"\nMachine: {env['cpu']} ({env['cpu_count']} cores), backend {env['backend']}, "
-        f"jax {env['versions']['jax']}, commit {str(env['git_commit'])[:10]}.\n"
+        f"jax {env['versions']['jax']}; code at commit{'s' if len(commits) > 1 else ''} "
+        f"{', '.join(commits)}. Wall times are as measured, on a machine that may have been "
+        "running other jobs.\n"
     )
     return "\n".join(lines) + "\n" + foot
 

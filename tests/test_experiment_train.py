@@ -189,3 +189,38 @@ def test_sigterm_mid_training_then_resume_equals_uninterrupted(tmp_path):
     chex.assert_trees_all_equal(
         np.array([r["loss"] for r in rows]), np.array([r["loss"] for r in straight])
     )
+
+
+def test_report_table_reads_the_summaries(tmp_path):
+    module = load()
+    argv = [
+        "--task",
+        "adding",
+        "--seq_len",
+        "6",
+        "--steps",
+        "3",
+        "--eval_every",
+        "0",
+        "--out",
+        str(tmp_path),
+        "--name",
+        "r",
+        "--cell",
+        "gru",
+    ] + TINY
+    assert module.main(argv) == 0
+    spec = importlib.util.spec_from_file_location("report_script", SCRIPT.parent / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    sys.modules["report_script"] = report
+    spec.loader.exec_module(report)
+    text = report.table([tmp_path / "r"])
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    mse = summary["final"]["mse"]
+    assert f"mse {mse['mean']:.3g} ± {mse['std']:.2g}" in text
+    assert "| adding | 6 | gru | 6 |" in text
+    # The command in the table reproduces the run's config (flags differing from defaults).
+    cmd = text.split("`")[1]
+    assert (
+        "--cell gru" in cmd and "--seq_len 6" in cmd and "--steps 3" in cmd and "--out" not in cmd
+    )
