@@ -854,7 +854,8 @@ def plot(cfg: Config, results: dict, out: Path) -> None:
         axes[0].plot(d, r.mean(0), color=colors[name], label=name)
         if name == "lstm":
             c = results["init"][(name, T_max)]["log_norm_c"] * log10
-            axes[0].plot(d, c.mean(0), color=colors[name], ls="--", label="lstm, dL/dc_t")
+            # dL/dc_T is exactly 0 (the loss reads h_T): plot from distance 1 on.
+            axes[0].plot(d[1:], c.mean(0)[:-1], color=colors[name], ls="--", label="lstm, dL/dc_t")
         axes[0].fill_between(d, r.min(0), r.max(0), color=colors[name], alpha=0.2)
         a = results["train"][(name, t_train)]["after"]["log_norm"] * log10
         d2 = np.arange(a.shape[1])[::-1]
