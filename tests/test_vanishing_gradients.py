@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "vanishing_gradients.py"
 
 TINY = [
+    "--forget_train",
     "--hidden_size",
     "6",
     "--lengths",
