@@ -45,6 +45,22 @@ def _num_steps_and_batch(xs: Array) -> tuple[int, tuple[int, ...]]:
     return jnp.shape(xs)[-2], tuple(jnp.shape(xs)[:-2])
 
 
+def _start_carry(cell: Cell, params: PyTree, xs: Array, carry, batch_shape) -> PyTree:
+    """The given carry, or zeros in the dtype the cell computes ``xs`` in."""
+    if carry is not None:
+        return carry
+    dtype = jax.tree.leaves(jax.eval_shape(cell.project, params, xs))[0].dtype
+    return cell.initial_carry(batch_shape, dtype=dtype)
+
+
+def _entering_carries(cell, params, xs_tm, start, lengths=None) -> PyTree:
+    """``[T, ...]`` carries entering each step (``start``, then the carry after t-1)."""
+    _, carries = scan(
+        cell, params, xs_tm, start, lengths=lengths, time_major=True, return_carries=True
+    )
+    return jax.tree.map(lambda s, c: jnp.concatenate([s[None], c[:-1]]), start, carries)
+
+
 def hidden_grads(
     cell: Cell,
     params: PyTree,
@@ -66,9 +82,7 @@ def hidden_grads(
       the total derivative of the loss with respect to the state after step ``t``.
     """
     num_steps, batch_shape = _num_steps_and_batch(xs)
-    dtype = jax.eval_shape(cell.project, params, xs)
-    dtype = jax.tree.leaves(dtype)[0].dtype
-    like = cell.initial_carry(batch_shape, dtype=dtype) if carry is None else carry
+    like = _start_carry(cell, params, xs, carry, batch_shape)
     eps = _zeros_over_time(like, num_steps)
 
     def f(eps):
@@ -148,8 +162,8 @@ def jacobian_products(
     if jnp.ndim(xs) != 2:
         raise ValueError(f"xs must be one sequence of shape [T, I]; got shape {jnp.shape(xs)}.")
     num_steps = jnp.shape(xs)[0]
-    dtype = jax.tree.leaves(jax.eval_shape(cell.project, params, xs))[0].dtype
-    like = cell.initial_carry((), dtype=dtype) if carry is None else carry
+    like = _start_carry(cell, params, xs, carry, ())
+    dtype = jax.tree.leaves(like)[0].dtype
     eps0 = _zeros_over_time(like, num_steps)
     flat0, unravel_t = _ravel_over_time(eps0)
 
@@ -222,10 +236,8 @@ def step_jacobians(
     """
     if jnp.ndim(xs) != 2:
         raise ValueError(f"xs must be one sequence of shape [T, I]; got shape {jnp.shape(xs)}.")
-    dtype = jax.tree.leaves(jax.eval_shape(cell.project, params, xs))[0].dtype
-    start = cell.initial_carry((), dtype=dtype) if carry is None else carry
-    _, carries = scan(cell, params, xs, start, time_major=True, return_carries=True)
-    previous = jax.tree.map(lambda s, c: jnp.concatenate([s[None], c[:-1]]), start, carries)
+    start = _start_carry(cell, params, xs, carry, ())
+    previous = _entering_carries(cell, params, xs, start)
     xp = cell.project(params, xs)
     _, unravel = ravel_pytree(start)
 
@@ -263,12 +275,9 @@ def gate_stats(
         raise ValueError(f"cell {cell.name!r} has no gates; gate_stats needs an LSTM or GRU.")
     num_steps, batch_shape = _num_steps_and_batch(xs)
     xs_tm = jnp.moveaxis(xs, -2, 0)
-    dtype = jax.tree.leaves(jax.eval_shape(cell.project, params, xs_tm))[0].dtype
-    start = cell.initial_carry(batch_shape, dtype=dtype) if carry is None else carry
-    _, carries = scan(
-        cell, params, xs_tm, start, lengths=lengths, time_major=True, return_carries=True
-    )
-    previous = jax.tree.map(lambda s, c: jnp.concatenate([s[None], c[:-1]]), start, carries)
+    start = _start_carry(cell, params, xs_tm, carry, batch_shape)
+    previous = _entering_carries(cell, params, xs_tm, start, lengths)
+    dtype = jax.tree.leaves(start)[0].dtype
     acts = jax.vmap(lambda c, x: cell.gates(params, c, x))(previous, cell.project(params, xs_tm))
     if lengths is None:
         weight = jnp.ones((num_steps,) + batch_shape, dtype)
