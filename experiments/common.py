@@ -93,8 +93,17 @@ def environment() -> dict[str, Any]:
             ).stdout.strip()
             or None
         )
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                cwd=Path(__file__).parent,
+                timeout=10,
+            ).stdout.strip()
+        )
     except (OSError, subprocess.SubprocessError):
-        commit = None
+        commit, dirty = None, None
     device = jax.devices()[0]
     return {
         "versions": versions,
@@ -107,6 +116,7 @@ def environment() -> dict[str, Any]:
         "device_kind": getattr(device, "device_kind", str(device)),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "git_commit": commit,
+        "git_dirty": dirty,  # tracked files differed from the commit when the run ended
     }
 
 
@@ -151,6 +161,30 @@ class RunDir:
         tmp = target.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
         os.replace(tmp, target)
+
+
+def start_or_resume(run: RunDir, ckpt, state, resume: bool, logs=("metrics.jsonl", "eval.jsonl")):
+    """The state to train from: the latest checkpoint with ``resume`` (its logs cut back
+    to that step), else ``state``. Without ``resume`` a folder that already holds
+    checkpoints is an error, so no run's work is overwritten."""
+    if resume:
+        restored = ckpt.restore_latest(state)
+        if restored is None:
+            print(f"--resume: no usable checkpoint in {ckpt.directory}; starting from step 0")
+            return state
+        step0, state, _ = restored
+        print(f"Resumed from step {step0} in {ckpt.directory}")
+        for name in logs:
+            run.truncate_jsonl(name, step0)
+        return state
+    if ckpt.steps():
+        raise SystemExit(
+            f"{ckpt.directory} already holds checkpoints {ckpt.steps()}: pass "
+            "--resume to continue that run, or --name / --out for a new one."
+        )
+    for name in logs:
+        (run.path / name).unlink(missing_ok=True)
+    return state
 
 
 def _jsonable(obj):

@@ -20,11 +20,13 @@ import common  # noqa: E402
 METRIC_ORDER = ("mse", "accuracy", "bpc", "loss")
 
 
-def command_line(config: dict, script: str = "experiments/train.py") -> str:
-    """The shortest command that reproduces ``config``: flags that differ from defaults."""
-    from train import Config
+def command_line(config: dict, script: str = "experiments/train.py", config_cls=None) -> str:
+    """The shortest command that reproduces ``config``: flags that differ from the
+    defaults of ``config_cls`` (the script's ``Config``; default: train.py's)."""
+    if config_cls is None:
+        from train import Config as config_cls
 
-    defaults = dataclasses.asdict(Config())
+    defaults = dataclasses.asdict(config_cls())
     parts = [f"python {script}"]
     for key, value in config.items():
         if key in ("out", "progress", "resume") or defaults.get(key) == value:

@@ -240,23 +240,7 @@ def main(argv=None) -> int:
         return jax.vmap(one)(params)
 
     ckpt = Checkpointer(run.path / "checkpoints", max_to_keep=cfg.keep)
-    if cfg.resume:
-        restored = ckpt.restore_latest(state)
-        if restored is None:
-            print(f"--resume: no usable checkpoint in {ckpt.directory}; starting from step 0")
-        else:
-            step0, state, _ = restored
-            print(f"Resumed from step {step0} in {ckpt.directory}")
-            run.truncate_jsonl("metrics.jsonl", step0)
-            run.truncate_jsonl("eval.jsonl", step0)
-    else:
-        if ckpt.steps():  # never overwrite a run's work: ask for --resume or a new name
-            raise SystemExit(
-                f"{ckpt.directory} already holds checkpoints {ckpt.steps()}: pass "
-                "--resume to continue that run, or --name / --out for a new one."
-            )
-        for name in ("metrics.jsonl", "eval.jsonl"):
-            (run.path / name).unlink(missing_ok=True)
+    state = common.start_or_resume(run, ckpt, state, cfg.resume)
     run.write_json(
         "config.json",
         {

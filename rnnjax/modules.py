@@ -15,8 +15,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rnnjax.layers import Layer, final_hidden
+from rnnjax import decode
+from rnnjax.cells.base import Cell, check_positive_int
+from rnnjax.cells.registry import make_cell
+from rnnjax.layers import Layer, final_hidden, make_layer
 from rnnjax.readout import readout, readout_init
+from rnnjax.seq2seq import Decoder, Memory, bridge_apply, bridge_init, bridge_mode, decoder
 
 HEADS = ("each", "last")
 
@@ -99,6 +103,201 @@ class SequenceModel(nn.Module):
         out = Readout(self.num_outputs, name="head")
         outputs = out(final_hidden(carry)) if self.head == "last" else out(ys)
         return (outputs, carry) if return_carry else outputs
+
+
+def _check_tokens(name: str, tokens, rank: int = 2):
+    shape = jnp.shape(tokens)
+    if len(shape) != rank or not jnp.issubdtype(jnp.result_type(tokens), jnp.integer):
+        want = "[B, S]" if rank == 2 else "[B]"
+        raise ValueError(
+            f"{name} must be integer tokens of shape {want}; got dtype "
+            f"{jnp.result_type(tokens)} and shape {tuple(shape)}."
+        )
+
+
+class Encoder(nn.Module):
+    """Token embedding, then any :class:`~rnnjax.layers.Layer` (stacked, bidirectional).
+
+    ``__call__(tokens [B, S], lengths [B] | None) -> (final_carry, ys [B, S, C])``; the
+    context vector is ``final_hidden(final_carry)``, each sequence's last valid state
+    (both directions' for a bidirectional layer).
+    """
+
+    layer: Layer
+    vocab_size: int
+    embed_dim: int
+
+    @nn.compact
+    def __call__(self, tokens, lengths=None, *, deterministic: bool = True):
+        _check_tokens("src", tokens)
+        xs = nn.Embed(self.vocab_size, self.embed_dim, name="embed")(tokens)
+        return Recurrent(self.layer, name="rnn")(xs, lengths, deterministic=deterministic)
+
+
+class Seq2Seq(nn.Module):
+    """Encoder-decoder (REFERENCE.md section 1) over the pure cells.
+
+    The encoder's final state is the context vector; the decoder
+    (:func:`rnnjax.seq2seq.decoder`) is fed the previous token and the context (or an
+    attention context recomputed per step) at every step.
+
+    Attributes:
+      src_vocab / tgt_vocab: vocabulary sizes (may be equal and share ids).
+      encoder: the encoder :class:`~rnnjax.layers.Layer`, e.g.
+        ``make_layer("gru", 128, bidirectional=True)``.
+      decoder_cells: one cell per decoder layer, e.g. ``(make_cell("lstm", 128),)``.
+      embed_dim: width of both embeddings.
+      attention: ``None`` (fixed context), ``"bahdanau"``, ``"luong_dot"`` or
+        ``"luong_general"``.
+      attention_size: width of the additive attention (default: decoder hidden size).
+      bridge: how the encoder's final carry becomes the decoder's initial carry:
+        ``"copy"`` (same cell, size and depth), ``"dense"`` (``tanh(c W + b)`` per carry
+        field), ``"zeros"``, or ``"auto"`` (copy when possible, else dense).
+
+    Methods (``model.apply(variables, ..., method=...)``):
+      ``__call__(src, src_lengths, tgt_in, *, sampling_rate=0.0, deterministic=True)
+      -> (logits [B, L, V], attention weights [B, L, S] or None)``: teacher forcing;
+      ``sampling_rate > 0`` needs the ``"sampling"`` RNG stream, dropout the
+      ``"dropout"`` stream.
+      ``encode(src, src_lengths) -> (Memory, DecoderState)``;
+      ``step(memory, state, tokens [B]) -> (state, logits [B, V], weights)``;
+      ``greedy(src, src_lengths, *, max_len) -> Decoded``;
+      ``beam(src, src_lengths, *, beam_width, max_len, alpha=0.0) -> (Decoded, Beams)``.
+    """
+
+    src_vocab: int
+    tgt_vocab: int
+    encoder: Layer
+    decoder_cells: tuple[Cell, ...]
+    embed_dim: int = 64
+    attention: str | None = None
+    attention_size: int | None = None
+    bridge: str = "auto"
+
+    def _decoder(self) -> Decoder:
+        return decoder(
+            self.decoder_cells,
+            self.tgt_vocab,
+            self.embed_dim,
+            self.encoder.output_size,
+            attention=self.attention,
+            attention_size=self.attention_size,
+        )
+
+    def setup(self):
+        dec = self._decoder()
+        self.enc = Encoder(self.encoder, self.src_vocab, self.embed_dim)
+        self.decoder_params = self.param("decoder", dec.init)
+        dec_carry = dec.initial_carry((1,))
+        self.bridge_kind = bridge_mode(self.bridge, self.encoder.initial_carry((1,)), dec_carry)
+        self.bridge_params = (
+            self.param("bridge", bridge_init, self.encoder.output_size, dec_carry)
+            if self.bridge_kind == "dense"
+            else None
+        )
+
+    def encode(self, src, src_lengths=None, *, deterministic: bool = True):
+        _check_tokens("src", src)
+        B, S = jnp.shape(src)
+        if src_lengths is not None and jnp.shape(src_lengths) != (B,):
+            raise ValueError(
+                f"src_lengths must have shape [B] = ({B},) to match src {(B, S)}; "
+                f"got {jnp.shape(src_lengths)}."
+            )
+        carry, ys = self.enc(src, src_lengths, deterministic=deterministic)
+        mask = (
+            jnp.ones((B, S), bool)
+            if src_lengths is None
+            else jnp.arange(S)[None, :] < jnp.asarray(src_lengths)[:, None]
+        )
+        context = final_hidden(carry)
+        dec = self._decoder()
+        memory = dec.memory(self.decoder_params, ys, mask, context)
+        start = bridge_apply(
+            self.bridge_kind, self.bridge_params, carry, context, dec.initial_carry((B,))
+        )
+        return memory, dec.initial_state(start)
+
+    def step(self, memory: Memory, state, tokens):
+        _check_tokens("tokens", tokens, rank=1)
+        return self._decoder().step(self.decoder_params, memory, state, tokens)
+
+    def __call__(
+        self, src, src_lengths, tgt_in, *, sampling_rate: float = 0.0, deterministic: bool = True
+    ):
+        _check_tokens("tgt_in", tgt_in)
+        if jnp.shape(tgt_in)[0] != jnp.shape(src)[0]:
+            raise ValueError(
+                f"tgt_in [B, L] and src [B, S] must share the batch size; got "
+                f"{jnp.shape(tgt_in)} and {jnp.shape(src)}."
+            )
+        if not 0.0 <= sampling_rate <= 1.0:
+            raise ValueError(f"sampling_rate must lie in [0, 1]; got {sampling_rate!r}.")
+        memory, state = self.encode(src, src_lengths, deterministic=deterministic)
+        key = self.make_rng("sampling") if sampling_rate else None
+        return self._decoder().teacher_force(
+            self.decoder_params, memory, state, tgt_in, sampling_rate=sampling_rate, key=key
+        )
+
+    def _step_fn(self):
+        dec, params = self._decoder(), self.decoder_params
+        return lambda memory, state, tokens: dec.step(params, memory, state, tokens)[:2]
+
+    def greedy(self, src, src_lengths=None, *, max_len: int) -> decode.Decoded:
+        memory, state = self.encode(src, src_lengths)
+        return decode.greedy(self._step_fn(), memory, state, max_len=max_len)
+
+    def beam(self, src, src_lengths=None, *, beam_width: int, max_len: int, alpha: float = 0.0):
+        memory, state = self.encode(src, src_lengths)
+        return decode.beam_search(
+            self._step_fn(), memory, state, beam_width=beam_width, max_len=max_len, alpha=alpha
+        )
+
+
+def make_seq2seq(
+    src_vocab: int,
+    tgt_vocab: int | None = None,
+    *,
+    cell: str = "lstm",
+    hidden_size: int = 128,
+    encoder_layers: int = 1,
+    decoder_layers: int = 1,
+    bidirectional: bool = False,
+    decoder_cell: str | None = None,
+    decoder_hidden: int | None = None,
+    embed_dim: int = 64,
+    attention: str | None = None,
+    attention_size: int | None = None,
+    bridge: str = "auto",
+    dropout_rate: float = 0.0,
+) -> Seq2Seq:
+    """A :class:`Seq2Seq` from names: ``make_seq2seq(V, cell="gru", attention="bahdanau")``.
+
+    The decoder defaults to the encoder's cell and hidden size; ``tgt_vocab`` to
+    ``src_vocab`` (one shared vocabulary).
+    """
+    encoder = make_layer(
+        cell,
+        hidden_size,
+        num_layers=encoder_layers,
+        bidirectional=bidirectional,
+        dropout_rate=dropout_rate,
+    )
+    check_positive_int("decoder_layers", decoder_layers)
+    cells = tuple(
+        make_cell(decoder_cell or cell, decoder_hidden or hidden_size)
+        for _ in range(decoder_layers)
+    )
+    return Seq2Seq(
+        src_vocab=src_vocab,
+        tgt_vocab=src_vocab if tgt_vocab is None else tgt_vocab,
+        encoder=encoder,
+        decoder_cells=cells,
+        embed_dim=embed_dim,
+        attention=attention,
+        attention_size=attention_size,
+        bridge=bridge,
+    )
 
 
 def count_params(params) -> int:

@@ -1,7 +1,8 @@
 """Tasks: batches from a PRNG key, or from data that ships inside a package.
 
 Each is a :class:`Task`; :func:`make_task` builds one by name with keyword options.
-Definitions: REFERENCE.md section 2.
+The Seq2Seq tasks (``addition``, ``reversal``, ``dates``) are :class:`Seq2SeqTask` s
+over one :class:`Vocab`. Definitions: REFERENCE.md section 2.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from rnnjax.tasks.base import Batch, Task
 from rnnjax.tasks.datasets import char_lm, default_corpus, sequential_digits
 from rnnjax.tasks.hello import hello
 from rnnjax.tasks.synthetic import adding, copy_memory
+from rnnjax.tasks.translation import Seq2SeqBatch, Seq2SeqTask, addition, dates, reversal
+from rnnjax.tasks.vocab import Vocab
 
 TASKS: dict[str, Callable[..., Task]] = {
     "adding": adding,
@@ -35,8 +38,14 @@ def make_task(name: str, **options) -> Task:
 __all__ = [
     "TASKS",
     "Batch",
+    "Seq2SeqBatch",
+    "Seq2SeqTask",
     "Task",
+    "Vocab",
     "adding",
+    "addition",
+    "dates",
+    "reversal",
     "char_lm",
     "copy_memory",
     "default_corpus",

@@ -1,0 +1,171 @@
+"""Markdown tables and the reversal-length figure from Seq2Seq run folders.
+
+    python experiments/seq2seq_report.py runs/seq2seq/* --out results/seq2seq
+
+Every number is read from a run's ``summary.json``. Writes ``<out>/README.md`` (one
+row per run, greedy and beam exact match, the command that reproduces the run, and the
+reversal-by-length table) and ``<out>/reversal_vs_length.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+from report import command_line  # noqa: E402
+from seq2seq import Config  # noqa: E402
+
+
+def _load(runs):
+    out = []
+    for run in runs:
+        f = Path(run) / "summary.json"
+        if f.exists():
+            summary = json.loads(f.read_text())
+            if summary.get("final"):
+                out.append((Path(run), summary))
+    return out
+
+
+def _size(cfg: dict) -> str:
+    if cfg["task"] == "addition":
+        return f"{cfg['digits']} digits"
+    if cfg["task"] == "reversal":
+        lo = cfg["min_len"] or cfg["seq_len"]
+        return f"T={cfg['seq_len']}" if lo == cfg["seq_len"] else f"T={lo}..{cfg['seq_len']}"
+    return "10 formats"
+
+
+def _exact(summary: dict, key: str) -> str:
+    stats = summary["final"][key]
+    per_seed = ", ".join(f"{v:.3f}" for v in stats["per_seed"])
+    return (
+        f"{common.fmt_mean_std(stats, 3)} ({per_seed})"
+        if stats["n"] > 1
+        else f"{stats['mean']:.3f}"
+    )
+
+
+def main_table(loaded) -> str:
+    head = [
+        "task", "size", "cell", "attention", "params", "steps", "seeds",
+        "held-out exact, greedy", "held-out exact, beam", "wall", "command",
+    ]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, s in loaded:
+        cfg = s["config"]
+        beam_key = f"exact_beam{cfg['beam_width']}"
+        row = [
+            cfg["task"],
+            _size(cfg),
+            cfg["cell"] + (" (bi)" if cfg["bidirectional"] else ""),
+            cfg["attention"],
+            f"{s['params_per_seed']:,}",
+            s["steps"],
+            len(s["seeds"]),
+            _exact(s, "exact_greedy"),
+            f"k={cfg['beam_width']}: {_exact(s, beam_key)}",
+            f"{s['wall_s'] / 60:.1f} min",
+            f"`{command_line(cfg, 'experiments/seq2seq.py', Config)}`",
+        ]
+        lines.append("| " + " | ".join(map(str, row)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def reversal_rows(loaded):
+    """{attention: {T: mean greedy exact}} for fixed-length reversal runs."""
+    rows: dict[str, dict[int, float]] = {}
+    for _, s in loaded:
+        cfg = s["config"]
+        if cfg["task"] == "reversal" and (cfg["min_len"] in (0, cfg["seq_len"])):
+            rows.setdefault(cfg["attention"], {})[cfg["seq_len"]] = s["final"]["exact_greedy"][
+                "mean"
+            ]
+    return rows
+
+
+def reversal_table(rows) -> str:
+    if not rows:
+        return ""
+    lengths = sorted({t for r in rows.values() for t in r})
+    lines = [
+        "| model | " + " | ".join(f"T={t}" for t in lengths) + " |",
+        "|---|" + "---|" * len(lengths),
+    ]
+    for att in sorted(rows, key=lambda a: (a != "none", a)):
+        name = "fixed context vector" if att == "none" else f"attention ({att})"
+        cells = [f"{rows[att][t]:.3f}" if t in rows[att] else "" for t in lengths]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def reversal_plot(rows, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for att in sorted(rows, key=lambda a: (a != "none", a)):
+        ts = sorted(rows[att])
+        label = "fixed context vector" if att == "none" else f"attention ({att})"
+        ax.plot(ts, [rows[att][t] for t in ts], marker="o", label=label)
+    ax.set(
+        xlabel="sequence length T",
+        ylabel="held-out exact match (greedy)",
+        ylim=(-0.02, 1.02),
+        title="Reversal: the single-vector bottleneck",
+    )
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("runs", nargs="+")
+    parser.add_argument("--out", default="results/seq2seq")
+    args = parser.parse_args(argv)
+    loaded = _load(sorted(args.runs))
+    if not loaded:
+        raise SystemExit("no finished runs (summary.json with final metrics) among the paths.")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    env = loaded[0][1]["environment"]
+    commits = sorted({str(s["environment"]["git_commit"])[:10] for _, s in loaded})
+    rows = reversal_rows(loaded)
+    text = [
+        "# Seq2Seq results",
+        "",
+        "Generated by `python experiments/seq2seq_report.py` from the runs' `summary.json`;",
+        "the commands are in `experiments/reproduce_seq2seq.sh`. Exact match is over "
+        f"{loaded[0][1]['eval_size']} distinct held-out examples that never occur in training.",
+        "",
+        main_table(loaded),
+    ]
+    if rows:
+        reversal_plot(rows, out / "reversal_vs_length.png")
+        text += [
+            "## Reversal: held-out exact match (greedy) against length",
+            "",
+            reversal_table(rows),
+            "![reversal vs length](reversal_vs_length.png)",
+            "",
+        ]
+    text.append(
+        f"Machine: {env['cpu']} ({env['cpu_count']} cores), backend {env['backend']}, jax "
+        f"{env['versions']['jax']}; code at commit{'s' if len(commits) > 1 else ''} "
+        f"{', '.join(commits)}. Wall times include held-out evaluation during training.\n"
+    )
+    (out / "README.md").write_text("\n".join(text))
+    print("\n".join(text))
+
+
+if __name__ == "__main__":
+    main()
