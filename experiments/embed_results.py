@@ -4,7 +4,8 @@
     python experiments/embed_results.py --check    # exit 1 if README.md is out of date
 
 A block ``<!-- results/X -->`` ... ``<!-- end results/X -->`` receives the file
-``results/X`` (without its first-level title), so no result is typed by hand.
+``results/X`` (without its first-level title; relative links re-rooted at the README),
+so no result is typed by hand.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ def body(path: str) -> str:
     text = (ROOT / path).read_text()
     if text.startswith("# "):  # the file's own title; the README has its section heading
         text = text.split("\n", 1)[1].lstrip("\n")
+    # Links relative to the file become relative to the README.
+    folder = str(Path(path).parent)
+    text = re.sub(r"\]\((?!https?:|/)([^)]+)\)", lambda m: f"]({folder}/{m.group(1)})", text)
     return text.rstrip("\n") + "\n"
 
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common  # noqa: E402
 from report import command_line  # noqa: E402
 from seq2seq import Config  # noqa: E402
 
@@ -43,12 +43,10 @@ def _size(cfg: dict) -> str:
 
 def _exact(summary: dict, key: str) -> str:
     stats = summary["final"][key]
+    if stats["n"] == 1:
+        return f"{stats['mean']:.3f}"
     per_seed = ", ".join(f"{v:.3f}" for v in stats["per_seed"])
-    return (
-        f"{common.fmt_mean_std(stats, 3)} ({per_seed})"
-        if stats["n"] > 1
-        else f"{stats['mean']:.3f}"
-    )
+    return f"{stats['mean']:.3f} ± {stats['std']:.3f} ({per_seed})"
 
 
 def main_table(loaded) -> str:
@@ -75,6 +73,23 @@ def main_table(loaded) -> str:
         ]
         lines.append("| " + " | ".join(map(str, row)) + " |")
     return "\n".join(lines) + "\n"
+
+
+def sample_decodes(loaded, per_task: int = 4) -> str:
+    """A few held-out sources with target and greedy output, one block per task
+    (from the first run of each task other than reversal)."""
+    lines, seen = [], set()
+    for _, s in loaded:
+        task = s["config"]["task"]
+        if task in seen or task == "reversal" or not s.get("samples"):
+            continue
+        seen.add(task)
+        for x in s["samples"][:per_task]:
+            mark = "ok" if x["greedy"] == x["target"] else "wrong"
+            lines.append(
+                f"{x['source']!r:32} -> {x['greedy']!r:14} ({mark}; target {x['target']!r})"
+            )
+    return "```\n" + "\n".join(lines) + "\n```\n" if lines else ""
 
 
 def reversal_rows(loaded):
@@ -138,7 +153,13 @@ def main(argv=None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     env = loaded[0][1]["environment"]
-    commits = sorted({str(s["environment"]["git_commit"])[:10] for _, s in loaded})
+    commits = sorted(
+        {
+            str(s["environment"]["git_commit"])[:10]
+            + (" (with uncommitted edits)" if s["environment"].get("git_dirty") else "")
+            for _, s in loaded
+        }
+    )
     rows = reversal_rows(loaded)
     text = [
         "# Seq2Seq results",
@@ -149,6 +170,9 @@ def main(argv=None) -> None:
         "",
         main_table(loaded),
     ]
+    samples = sample_decodes(loaded)
+    if samples:
+        text += ["## Sample held-out decodes (seed 0, greedy)", "", samples]
     if rows:
         reversal_plot(rows, out / "reversal_vs_length.png")
         text += [
@@ -158,6 +182,19 @@ def main(argv=None) -> None:
             "![reversal vs length](reversal_vs_length.png)",
             "",
         ]
+    maps = []
+    for run, s in loaded:  # one attention map per task: the longest-input attention run
+        if s["config"]["attention"] != "none" and (run / "attention.png").exists():
+            maps.append((s["config"]["task"], s["config"]["seq_len"], run))
+    chosen = {}
+    for task, _, run in sorted(maps, key=lambda m: m[1]):
+        chosen[task] = run
+    if chosen:
+        text += ["## Attention maps (seed 0, held-out examples, teacher-forced)", ""]
+        for task, run in sorted(chosen.items()):
+            name = f"attention_{run.name}.png"
+            shutil.copyfile(run / "attention.png", out / name)
+            text += [f"![{task}]({name})", ""]
     text.append(
         f"Machine: {env['cpu']} ({env['cpu_count']} cores), backend {env['backend']}, jax "
         f"{env['versions']['jax']}; code at commit{'s' if len(commits) > 1 else ''} "

@@ -64,7 +64,7 @@ def test_short_run_beats_chance_and_writes_every_file(tmp_path, task, extra, cha
 
 def test_resume_continues_exactly(tmp_path):
     module = load("seq2seq")
-    base = ["--task", "reversal", "--seq_len", "4", "--attention", "bahdanau", "--eval_every", "0"]
+    base = ["--task", "reversal", "--seq_len", "4", "--attention", "none", "--eval_every", "0"]
     base += ["--schedule", "constant", "--warmup_steps", "0"]  # the same at 6 and 12 steps
     code, full = _run(module, tmp_path, "full", *base, "--steps", 12, "--save_every", 6)
     assert code == 0
@@ -118,5 +118,6 @@ def test_report_reads_runs(tmp_path):
     text = (tmp_path / "out" / "README.md").read_text()
     assert "| fixed context vector | 0.500 | 0.100 |" in text
     assert "| attention (bahdanau) | 0.900 |  |" in text
+    assert "| 0.100 | k=4: 0.100 |" in text  # one seed: the value alone
     assert "--seq_len 20 --attention none" in text
     assert (tmp_path / "out" / "reversal_vs_length.png").exists()

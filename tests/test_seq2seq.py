@@ -235,6 +235,8 @@ def test_wide_beam_finds_the_brute_force_best(kind):
         np.testing.assert_allclose(beams.log_prob[b, :5], top, rtol=1e-5, atol=1e-5)
         beat_greedy += scores[i] > float(g.log_prob[b]) + 1e-6
     assert np.all(np.asarray(best.log_prob) >= np.asarray(g.log_prob) - 1e-5)
+    # The check has teeth: on these models greedy misses the best sequence somewhere.
+    assert beat_greedy >= 1
 
 
 def _counting_step(vocab=7, eos_after=None):
