@@ -11,6 +11,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -83,25 +84,8 @@ def environment() -> dict[str, Any]:
         except ImportError:
             versions[name] = None
     try:
-        commit = (
-            subprocess.run(
-                ["git", "rev-parse", "HEAD"],
-                capture_output=True,
-                text=True,
-                cwd=Path(__file__).parent,
-                timeout=10,
-            ).stdout.strip()
-            or None
-        )
-        dirty = bool(
-            subprocess.run(
-                ["git", "status", "--porcelain", "--untracked-files=no"],
-                capture_output=True,
-                text=True,
-                cwd=Path(__file__).parent,
-                timeout=10,
-            ).stdout.strip()
-        )
+        commit = _git("rev-parse", "HEAD") or None
+        dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.SubprocessError):
         commit, dirty = None, None
     device = jax.devices()[0]
@@ -118,6 +102,13 @@ def environment() -> dict[str, Any]:
         "git_commit": commit,
         "git_dirty": dirty,  # tracked files differed from the commit when the run ended
     }
+
+
+def _git(*args: str) -> str:
+    out = subprocess.run(
+        ["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=10
+    )
+    return out.stdout.strip()
 
 
 def _cpu_model() -> str:
@@ -185,6 +176,82 @@ def start_or_resume(run: RunDir, ckpt, state, resume: bool, logs=("metrics.jsonl
     for name in logs:
         (run.path / name).unlink(missing_ok=True)
     return state
+
+
+@dataclasses.dataclass
+class Outcome:
+    """How :func:`train_loop` ended: ``status`` is ``"done"``, ``"nonfinite"`` or
+    ``"interrupted"``; ``exit_code`` 0, 1 or 130; ``steps`` the updates applied."""
+
+    state: Any
+    status: str
+    message: str
+    exit_code: int
+    steps: int
+    start_step: int
+    wall_s: float
+
+    @property
+    def steps_per_s(self):
+        return (self.steps - self.start_step) / self.wall_s if self.wall_s > 0 else None
+
+
+def train_loop(
+    run: RunDir,
+    state,
+    train_step,
+    batch_fn,
+    *,
+    checkpointer,
+    num_steps: int,
+    save_every: int,
+    eval_every: int,
+    log_eval,
+    progress: bool,
+    desc: str,
+    metric_keys=("loss", "grad_norm", "clipped"),
+) -> Outcome:
+    """``rnnjax.train.fit`` with the experiments' logging: one ``metrics.jsonl`` row per
+    update (``metric_keys`` per seed, learning rate, steps/s), ``log_eval(step, state)``
+    every ``eval_every`` updates but the last, and a non-finite loss or a signal turned
+    into an :class:`Outcome` instead of an exception. Closes ``checkpointer``."""
+    from rnnjax import train as tr
+
+    start_step = tr.current_step(state)
+    clock = {"t": time.perf_counter(), "step": start_step}
+
+    def on_step(step, metrics, state):
+        now = time.perf_counter()
+        rate = (step - clock["step"]) / max(now - clock["t"], 1e-9)
+        clock.update(t=now, step=step)
+        row = {"step": step, **{k: np.asarray(metrics[k]).tolist() for k in metric_keys}}
+        row["lr"] = float(np.asarray(metrics["lr"]).reshape(-1)[0])
+        row["steps_per_s"] = rate
+        run.append_jsonl("metrics.jsonl", row)
+        if eval_every and step % eval_every == 0 and step != num_steps:
+            log_eval(step, state)
+
+    t0 = time.perf_counter()
+    status, message, exit_code, done = "done", "", 0, num_steps
+    try:
+        state = tr.fit(
+            state,
+            train_step,
+            batch_fn,
+            num_steps=num_steps,
+            checkpointer=checkpointer,
+            save_every=save_every,
+            on_step=on_step,
+            progress=progress,
+            desc=desc,
+        )
+    except tr.NonFiniteError as err:
+        status, message, exit_code, done = "nonfinite", str(err), 1, err.step
+    except tr.TrainingInterrupted as err:
+        status, message, exit_code, done = "interrupted", str(err), 130, err.step
+    finally:
+        checkpointer.close()
+    return Outcome(state, status, message, exit_code, done, start_step, time.perf_counter() - t0)
 
 
 def _jsonable(obj):

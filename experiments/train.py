@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -251,14 +250,11 @@ def main(argv=None) -> int:
             "seeds": seeds.tolist(),
         },
     )
-    start_step = tr.current_step(state)
     print(
         f"{cfg.run_name}: {task.name} {task.info.get('seq_len', '')}, {cfg.cell} "
         f"H={cfg.hidden_size} x{cfg.num_layers}, {n_params} params/seed, {cfg.seeds} seeds, "
         f"{cfg.steps} steps on {jax.devices()[0].platform}"
     )
-
-    clock = {"t": time.perf_counter(), "step": start_step}
 
     def log_eval(step, state):
         metrics = {k: np.asarray(v) for k, v in jax.device_get(evaluate(state.params)).items()}
@@ -267,45 +263,27 @@ def main(argv=None) -> int:
         )
         return metrics
 
-    def on_step(step, metrics, state):
-        now = time.perf_counter()
-        rate = (step - clock["step"]) / max(now - clock["t"], 1e-9)
-        clock.update(t=now, step=step)
-        run.append_jsonl(
-            "metrics.jsonl",
-            {
-                "step": step,
-                "loss": metrics["loss"].tolist(),
-                "grad_norm": metrics["grad_norm"].tolist(),
-                "clipped": metrics["clipped"].tolist(),
-                "lr": float(np.asarray(metrics["lr"]).reshape(-1)[0]),
-                "steps_per_s": rate,
-            },
-        )
-        if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
-            log_eval(step, state)
-
-    t0 = time.perf_counter()
-    status, message, exit_code, done_steps = "done", "", 0, cfg.steps
-    try:
-        state = tr.fit(
-            state,
-            train_step,
-            batch_fn,
-            num_steps=cfg.steps,
-            checkpointer=ckpt,
-            save_every=cfg.save_every,
-            on_step=on_step,
-            progress=cfg.progress,
-            desc=cfg.run_name,
-        )
-    except tr.NonFiniteError as err:
-        status, message, exit_code, done_steps = "nonfinite", str(err), 1, err.step
-    except tr.TrainingInterrupted as err:
-        status, message, exit_code, done_steps = "interrupted", str(err), 130, err.step
-    finally:
-        ckpt.close()
-    wall = time.perf_counter() - t0
+    outcome = common.train_loop(
+        run,
+        state,
+        train_step,
+        batch_fn,
+        checkpointer=ckpt,
+        num_steps=cfg.steps,
+        save_every=cfg.save_every,
+        eval_every=cfg.eval_every,
+        log_eval=log_eval,
+        progress=cfg.progress,
+        desc=cfg.run_name,
+        metric_keys=("loss", "grad_norm", "clipped"),
+    )
+    state, status, message, exit_code = (
+        outcome.state,
+        outcome.status,
+        outcome.message,
+        outcome.exit_code,
+    )
+    done_steps, wall = outcome.steps, outcome.wall_s
 
     final = log_eval(done_steps, state) if status == "done" else None
     summary = {
@@ -313,7 +291,7 @@ def main(argv=None) -> int:
         "message": message,
         "steps": done_steps,
         "wall_s": wall,
-        "steps_per_s": (done_steps - start_step) / wall if wall > 0 else None,
+        "steps_per_s": outcome.steps_per_s,
         "params_per_seed": n_params,
         "seeds": seeds.tolist(),
         "baseline": task.baseline,

@@ -73,6 +73,17 @@ def _log_probs(logits: Array, banned: Sequence[int]) -> Array:
     return logp
 
 
+def _running(max_len: int):
+    """The loops' condition: steps left and some sequence not finished. The loop state
+    is ``(t, state, last_tokens, done, ...)``."""
+
+    def cond(loop):
+        t, _, _, done, *_ = loop
+        return (t < max_len) & ~jnp.all(done)
+
+    return cond
+
+
 def length_penalty(lengths: Array, alpha: float) -> Array:
     """GNMT's ``((5 + |Y|) / 6) ** alpha`` (Wu et al. 2016); ``alpha = 0``: none."""
     return ((5.0 + lengths.astype(jnp.float32)) / 6.0) ** alpha
@@ -92,10 +103,6 @@ def greedy(
     """The most probable next token at every step, for a batch at once."""
     banned = _check(max_len, banned)
     B = _batch_size(context, state)
-
-    def cond(loop):
-        t, _, _, done, *_ = loop
-        return (t < max_len) & ~jnp.all(done)
 
     def body(loop):
         t, state, last, done, tokens, lengths, log_prob = loop
@@ -118,7 +125,7 @@ def greedy(
         jnp.zeros((B,), jnp.int32),
         jnp.zeros((B,), jnp.float32),
     )
-    *_, tokens, lengths, log_prob = jax.lax.while_loop(cond, body, init)
+    *_, tokens, lengths, log_prob = jax.lax.while_loop(_running(max_len), body, init)
     return Decoded(tokens, lengths, log_prob, log_prob)
 
 
@@ -156,10 +163,6 @@ def beam_search(
     context = jax.tree.map(tile, context)
     state = jax.tree.map(tile, state)
 
-    def cond(loop):
-        t, _, _, done, *_ = loop
-        return (t < max_len) & ~jnp.all(done)
-
     def body(loop):
         t, state, last, done, tokens, lengths, log_prob = loop
         state, logits = step_fn(context, state, last.reshape(B * k))
@@ -194,7 +197,7 @@ def beam_search(
         # Only the first beam is live at the start, so the k beams do not duplicate it.
         jnp.tile(jnp.concatenate([jnp.zeros((1,)), jnp.full((k - 1,), -jnp.inf)]), (B, 1)),
     )
-    *_, tokens, lengths, log_prob = jax.lax.while_loop(cond, body, init)
+    *_, tokens, lengths, log_prob = jax.lax.while_loop(_running(max_len), body, init)
     score = log_prob / length_penalty(lengths, alpha)
     order = jnp.argsort(-score, axis=1)
     take = lambda x: jnp.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 2)), 1)
