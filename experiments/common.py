@@ -178,6 +178,51 @@ def start_or_resume(run: RunDir, ckpt, state, resume: bool, logs=("metrics.jsonl
     return state
 
 
+PARALLEL = ("auto", "none", "data", "seeds")
+
+
+def on_devices(step, *, devices: int, parallel: str, seeds: int, batch_size: int):
+    """Compile a seed-vmapped train step for the devices JAX sees.
+
+    ``parallel``: ``"none"`` (one device), ``"data"`` (each seed's batch split over the
+    devices, state replicated), ``"seeds"`` (whole seeds per device), or ``"auto"``
+    (``"seeds"`` when the device count divides the seeds, else ``"data"`` when it divides
+    the batch, else an error). ``devices``: how many to use, 0 for all.
+
+    Returns ``(train_step, place, info)``: the compiled step, a function placing a state
+    where the step expects it, and ``{"devices": n, "parallel": layout}`` for the record.
+    """
+    import jax
+
+    from rnnjax import distributed
+
+    if parallel not in PARALLEL:
+        raise ValueError(f"--parallel must be one of {PARALLEL}; got {parallel!r}.")
+    mesh = distributed.data_mesh(devices or None)
+    n = mesh.size
+    if parallel == "auto":
+        if n == 1:
+            parallel = "none"
+        elif seeds % n == 0:
+            parallel = "seeds"
+        elif batch_size % n == 0:
+            parallel = "data"
+        else:
+            raise ValueError(
+                f"{n} devices divide neither --seeds {seeds} nor --batch_size {batch_size}; "
+                "choose --devices, --seeds or --batch_size so that one of them divides."
+            )
+    if parallel == "none" or n == 1:
+        return jax.jit(step), (lambda state: state), {"devices": 1, "parallel": "none"}
+    size = seeds if parallel == "seeds" else batch_size
+    if size % n:
+        flag = "--seeds" if parallel == "seeds" else "--batch_size"
+        raise ValueError(f"--parallel {parallel} needs {flag} ({size}) divisible by {n} devices.")
+    train_step = distributed.parallel_step(step, mesh, parallel, batch_axis=1)
+    place = lambda state: distributed.place_state(state, mesh, parallel)  # noqa: E731
+    return train_step, place, {"devices": n, "parallel": parallel}
+
+
 @dataclasses.dataclass
 class Outcome:
     """How :func:`train_loop` ended: ``status`` is ``"done"``, ``"nonfinite"`` or

@@ -79,6 +79,8 @@ class Config:
     out: str = "runs"
     name: str = ""  # default: s2s-<task>[-T<seq_len>]-<cell>-<attention>
     progress: bool = True
+    devices: int = 0  # how many of the devices JAX sees to use; 0: all
+    parallel: str = "auto"  # auto | none | data (split each batch) | seeds (seeds per device)
 
     def validate(self) -> None:
         if self.task not in TASKS:
@@ -195,8 +197,12 @@ def main(argv=None) -> int:
         )
         return seq2seq_loss(logits, batch)
 
-    train_step = jax.jit(
-        tr.vmap_seeds(tr.make_train_step(loss_fn, optimizer, clip_norm=clip, schedule=schedule))
+    train_step, place, placement = common.on_devices(
+        tr.vmap_seeds(tr.make_train_step(loss_fn, optimizer, clip_norm=clip, schedule=schedule)),
+        devices=cfg.devices,
+        parallel=cfg.parallel,
+        seeds=cfg.seeds,
+        batch_size=cfg.batch_size,
     )
 
     def batch_fn(step):
@@ -238,7 +244,7 @@ def main(argv=None) -> int:
         return jax.vmap(one)(params)
 
     ckpt = Checkpointer(run.path / "checkpoints", max_to_keep=cfg.keep)
-    state = common.start_or_resume(run, ckpt, state, cfg.resume)
+    state = place(common.start_or_resume(run, ckpt, state, cfg.resume))
     run.write_json(
         "config.json",
         {
@@ -247,12 +253,14 @@ def main(argv=None) -> int:
             "vocab": list(task.vocab.symbols),
             "params_per_seed": n_params,
             "seeds": seeds.tolist(),
+            "placement": placement,
         },
     )
     print(
         f"{cfg.run_name}: {task.name} {task.info}, {cfg.cell} H={cfg.hidden_size}, "
         f"attention={cfg.attention}, {n_params} params/seed, {cfg.seeds} seed(s), "
-        f"{cfg.steps} steps on {jax.devices()[0].platform}"
+        f"{cfg.steps} steps on {placement['devices']} {jax.devices()[0].platform} device(s)"
+        f" ({placement['parallel']})"
     )
 
     def log_eval(step, state):
@@ -293,6 +301,7 @@ def main(argv=None) -> int:
         "steps_per_s": outcome.steps_per_s,
         "params_per_seed": n_params,
         "seeds": seeds.tolist(),
+        "placement": placement,
         "task": task.info,
         "eval_size": len(pairs),
         "config": dataclasses.asdict(cfg),

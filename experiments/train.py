@@ -62,6 +62,8 @@ class Config:
     out: str = "runs"
     name: str = ""  # default: <task>-<cell>-T<seq_len> (digits, hello: no T)
     progress: bool = True
+    devices: int = 0  # how many of the devices JAX sees to use; 0: all
+    parallel: str = "auto"  # auto | none | data (split each batch) | seeds (seeds per device)
     sample_chars: int = 300  # charlm: characters to sample at the end
 
     def validate(self) -> None:
@@ -217,8 +219,12 @@ def main(argv=None) -> int:
         )
         return task.loss(outputs, batch), {}
 
-    train_step = jax.jit(
-        tr.vmap_seeds(tr.make_train_step(loss_fn, optimizer, clip_norm=clip, schedule=schedule))
+    train_step, place, placement = common.on_devices(
+        tr.vmap_seeds(tr.make_train_step(loss_fn, optimizer, clip_norm=clip, schedule=schedule)),
+        devices=cfg.devices,
+        parallel=cfg.parallel,
+        seeds=cfg.seeds,
+        batch_size=cfg.batch_size,
     )
 
     @jax.jit
@@ -239,7 +245,7 @@ def main(argv=None) -> int:
         return jax.vmap(one)(params)
 
     ckpt = Checkpointer(run.path / "checkpoints", max_to_keep=cfg.keep)
-    state = common.start_or_resume(run, ckpt, state, cfg.resume)
+    state = place(common.start_or_resume(run, ckpt, state, cfg.resume))
     run.write_json(
         "config.json",
         {
@@ -248,12 +254,14 @@ def main(argv=None) -> int:
             "task": task.info,
             "params_per_seed": n_params,
             "seeds": seeds.tolist(),
+            "placement": placement,
         },
     )
     print(
         f"{cfg.run_name}: {task.name} {task.info.get('seq_len', '')}, {cfg.cell} "
         f"H={cfg.hidden_size} x{cfg.num_layers}, {n_params} params/seed, {cfg.seeds} seeds, "
-        f"{cfg.steps} steps on {jax.devices()[0].platform}"
+        f"{cfg.steps} steps on {placement['devices']} {jax.devices()[0].platform} device(s)"
+        f" ({placement['parallel']})"
     )
 
     def log_eval(step, state):
@@ -294,6 +302,7 @@ def main(argv=None) -> int:
         "steps_per_s": outcome.steps_per_s,
         "params_per_seed": n_params,
         "seeds": seeds.tolist(),
+        "placement": placement,
         "baseline": task.baseline,
         "final": None
         if final is None

@@ -1,0 +1,180 @@
+"""Data and seed parallelism on 4 forced host devices equal the one-device run.
+
+Each check runs in a fresh Python process, because the number of host devices is fixed
+when JAX starts (``XLA_FLAGS=--xla_force_host_platform_device_count=4``).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from rnnjax import distributed
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PRELUDE = textwrap.dedent(
+    """
+    import json, sys
+    import jax, jax.numpy as jnp, numpy as np
+    import rnnjax
+    from rnnjax import distributed, train as tr
+    from rnnjax.modules import SequenceModel
+    from rnnjax.tasks import make_task
+
+    assert len(jax.devices()) == 4, jax.devices()
+    task = make_task("adding", seq_len=8)
+    model = SequenceModel(rnnjax.make_layer("lstm", 8), 1, head="last")
+    opt, sched = tr.make_optimizer("adam", 1e-2, clip_norm=1.0)
+
+    def loss_fn(params, batch, key):
+        out = model.apply({"params": params}, batch.inputs, batch.lengths)
+        return task.loss(out, batch), {}
+
+    step = tr.make_train_step(loss_fn, opt, clip_norm=1.0, schedule=sched)
+
+    def init(seed):
+        ex = task.sample(jax.random.key(0), 2)
+        params = model.init(jax.random.key(seed), ex.inputs, ex.lengths)["params"]
+        return tr.init_state(params, opt, jax.random.key(seed))
+
+    def batch(i, seeds=None):
+        if seeds is None:
+            return task.sample(jax.random.key(100 + i), 16)
+        return jax.vmap(lambda s: task.sample(jax.random.fold_in(jax.random.key(i), s), 16))(
+            jnp.arange(seeds))
+
+    def run(fn, state, start, stop, **kw):
+        losses = []
+        for i in range(start, stop):
+            state, m = fn(state, batch(i, **kw))
+            losses.append(np.asarray(m["loss"]).tolist())
+        return state, losses
+
+    def leaves(state):
+        return [np.asarray(x).tolist() for x in jax.tree.leaves(state.params)]
+    """
+)
+
+
+def _run(code: str) -> dict:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    env["JAX_PLATFORMS"] = "cpu"
+    out = subprocess.run(
+        [sys.executable, "-c", PRELUDE + textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _close(a, b, rtol=2e-5, atol=2e-6):
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+@pytest.mark.slow
+def test_data_and_seed_parallel_equal_one_device(tmp_path):
+    r = _run(
+        f"""
+        one = jax.jit(step)
+        s1, l1 = run(one, init(0), 0, 6)
+        mesh = distributed.data_mesh(4)
+        par = distributed.parallel_step(step, mesh, "data")
+        s4, l4 = run(par, distributed.place_state(init(0), mesh), 0, 6)
+        batch_devices = len(distributed.shard(batch(0), mesh, 0).inputs.sharding.device_set)
+
+        # Seeds: 4 seeds vmapped on one device, or one seed per device.
+        seeds = jax.vmap(init)(jnp.arange(4))
+        vs = tr.vmap_seeds(step)
+        v1, lv1 = run(jax.jit(vs), seeds, 0, 4, seeds=4)
+        seed_step = distributed.parallel_step(vs, mesh, "seeds")
+        v4, lv4 = run(seed_step, distributed.place_state(seeds, mesh, "seeds"), 0, 4, seeds=4)
+        per_device = v4.params["rnn"]["layer"][0].w_h.addressable_shards[0].data.shape
+
+        # A checkpoint saved on 4 devices resumes on 1, and one saved on 1 resumes on 4.
+        from rnnjax.checkpoint import Checkpointer
+        c4 = Checkpointer("{tmp_path}/from4")
+        s4_3, _ = run(par, distributed.place_state(init(0), mesh), 0, 3)
+        c4.save(3, s4_3); c4.close()
+        _, back1, _ = Checkpointer("{tmp_path}/from4").restore_latest(init(0))
+        r1, l_r1 = run(one, back1, 3, 6)
+        c1 = Checkpointer("{tmp_path}/from1")
+        s1_3, _ = run(one, init(0), 0, 3)
+        c1.save(3, s1_3); c1.close()
+        like = distributed.place_state(init(0), mesh)
+        _, back4, _ = Checkpointer("{tmp_path}/from1").restore_latest(like)
+        r4, l_r4 = run(par, back4, 3, 6)
+        print(json.dumps(dict(
+            l1=l1, l4=l4, p1=leaves(s1), p4=leaves(s4), batch_devices=batch_devices,
+            lv1=lv1, lv4=lv4, pv1=leaves(v1), pv4=leaves(v4), per_device=list(per_device),
+            l_r1=l_r1, l_r4=l_r4, pr1=leaves(r1), pr4=leaves(r4),
+        )))
+        """
+    )
+    assert r["batch_devices"] == 4  # the batch really is split
+    _close(r["l1"], r["l4"])
+    _close(r["p1"], r["p4"])
+    assert r["per_device"][0] == 1  # one seed per device
+    _close(r["lv1"], r["lv4"], rtol=1e-6)
+    _close(r["pv1"], r["pv4"], rtol=1e-6)
+    _close(r["l_r1"], r["l1"][3:])  # saved on 4, resumed on 1
+    _close(r["l_r4"], r["l1"][3:])  # saved on 1, resumed on 4
+    _close(r["pr1"], r["p1"])
+    _close(r["pr4"], r["p1"])
+
+
+def test_errors_name_the_problem():
+    mesh = distributed.data_mesh(1)
+    with pytest.raises(ValueError, match="devices must lie in"):
+        distributed.data_mesh(len(jax.devices()) + 1)
+    with pytest.raises(ValueError, match="layout must be one of"):
+        distributed.parallel_step(lambda s, b: (s, b), mesh, "model")
+    with pytest.raises(ValueError, match=r"has shape \(3,\): dimension 1 must exist"):
+        distributed.shard({"x": np.zeros(3)}, mesh, 1)
+
+
+def _train(tmp_path, name, devices_flag, extra):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    if devices_flag:
+        env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    cmd = [
+        sys.executable, str(ROOT / "experiments" / "train.py"), "--task", "adding",
+        "--seq_len", "8", "--hidden_size", "8", "--batch_size", "8", "--steps", "6",
+        "--eval_every", "3", "--eval_size", "16", "--no-progress", "--out", str(tmp_path),
+        "--name", name, *extra,
+    ]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = tmp_path / name
+    rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
+    config = json.loads((run / "config.json").read_text())
+    return np.array([r["loss"] for r in rows]), config["placement"], run
+
+
+@pytest.mark.slow
+def test_the_same_command_on_one_and_four_devices(tmp_path):
+    """experiments/train.py unchanged: 4 seeds on 1 device, then on 4 forced devices
+    with the batch split (data) and with one seed per device (seeds)."""
+    loss1, place1, run1 = _train(tmp_path, "one", False, ["--seeds", "4"])
+    assert place1 == {"devices": 1, "parallel": "none"}
+    final = lambda run: json.loads((run / "summary.json").read_text())["final"]  # noqa: E731
+    for parallel in ("data", "seeds"):
+        extra = ["--seeds", "4", "--parallel", parallel]
+        loss4, place4, run4 = _train(tmp_path, parallel, True, extra)
+        assert place4 == {"devices": 4, "parallel": parallel}
+        np.testing.assert_allclose(loss4, loss1, rtol=2e-5, atol=1e-7)
+        np.testing.assert_allclose(
+            final(run4)["mse"]["per_seed"], final(run1)["mse"]["per_seed"], rtol=2e-5
+        )
