@@ -18,7 +18,8 @@ makes ``N`` of them, how the tests prove it), GPUs and TPUs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -124,3 +125,37 @@ def place_state(state: Any, mesh: Mesh, layout: str = "data") -> Any:
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}; got {layout!r}.")
     return replicate(state, mesh) if layout == "data" else shard(state, mesh, 0)
+
+
+def initialize(env: Mapping[str, str] | None = None) -> bool:
+    """Join a multi-process run with ``jax.distributed.initialize``, from the environment.
+
+    * ``JAX_COORDINATOR_ADDRESS`` (``host:port`` of process 0), ``JAX_NUM_PROCESSES`` and
+      ``JAX_PROCESS_ID``: passed as they are (any launcher, or by hand).
+    * else a SLURM job step with more than one task, or an Open MPI launch: JAX's own
+      cluster detection fills in everything.
+    * else nothing happens: one process.
+
+    Call it before any other JAX call. Returns whether a multi-process run was joined.
+    """
+    env = os.environ if env is None else env
+    address = env.get("JAX_COORDINATOR_ADDRESS")
+    if address:
+        missing = [k for k in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if k not in env]
+        if missing:
+            raise ValueError(
+                f"JAX_COORDINATOR_ADDRESS is set ({address!r}) but {missing} are not; "
+                "set all three, or none."
+            )
+        jax.distributed.initialize(
+            coordinator_address=address,
+            num_processes=int(env["JAX_NUM_PROCESSES"]),
+            process_id=int(env["JAX_PROCESS_ID"]),
+        )
+        return True
+    if int(env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", "1"))) > 1 or (
+        "OMPI_COMM_WORLD_SIZE" in env and int(env["OMPI_COMM_WORLD_SIZE"]) > 1
+    ):
+        jax.distributed.initialize()
+        return True
+    return False

@@ -178,3 +178,53 @@ def test_the_same_command_on_one_and_four_devices(tmp_path):
         np.testing.assert_allclose(
             final(run4)["mse"]["per_seed"], final(run1)["mse"]["per_seed"], rtol=2e-5
         )
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_on_loopback_equal_one_process():
+    """jax.distributed over loopback: 2 processes x 2 host devices train data-parallel
+    on 4 global devices and reproduce the one-process, one-device losses."""
+    script = str(ROOT / "tests" / "scripts" / "two_process_train.py")
+    base = dict(os.environ, JAX_PLATFORMS="cpu")
+    base.pop("XLA_FLAGS", None)
+    single = subprocess.run([sys.executable, script], capture_output=True, text=True, env=base)
+    assert single.returncode == 0, single.stderr[-3000:]
+    one = json.loads(single.stdout.strip().splitlines()[-1])
+    env = dict(
+        base,
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{_free_port()}",
+        JAX_NUM_PROCESSES="2",
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, script],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(env, JAX_PROCESS_ID=str(i)),
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    assert one["joined"] is False and one["devices"] == 1
+    for i, r in enumerate(results):
+        assert (r["joined"], r["process"], r["processes"], r["devices"]) == (True, i, 2, 4)
+        np.testing.assert_allclose(r["losses"], one["losses"], rtol=2e-5)
+
+
+def test_initialize_reads_the_environment():
+    assert distributed.initialize({}) is False  # one process: nothing to join
+    with pytest.raises(ValueError, match=r"\['JAX_PROCESS_ID'\] are not"):
+        distributed.initialize({"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2"})
