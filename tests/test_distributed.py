@@ -228,3 +228,18 @@ def test_initialize_reads_the_environment():
     assert distributed.initialize({}) is False  # one process: nothing to join
     with pytest.raises(ValueError, match=r"\['JAX_PROCESS_ID'\] are not"):
         distributed.initialize({"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2"})
+
+
+def test_scaling_benchmark_runs(tmp_path):
+    """benchmarks/scaling.py end to end at a toy size (its numbers live in results/)."""
+    cmd = [
+        sys.executable, str(ROOT / "benchmarks" / "scaling.py"), "--devices", "1,2",
+        "--repeats", "1", "--warmup", "1", "--seq_len", "4", "--hidden_size", "4",
+        "--batch_size", "4", "--seeds", "2", "--out", str(tmp_path),
+    ]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    record = json.loads((tmp_path / "scaling.json").read_text())
+    assert [r["devices"] for r in record["rows"]] == [1, 2]
+    assert set(record["rows"][1]["results"]) == {"data", "seeds"}
+    assert "| 2 | seeds | 2 x 4 |" in (tmp_path / "scaling.md").read_text()
