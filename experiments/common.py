@@ -240,26 +240,35 @@ class Outcome:
     def steps_per_s(self):
         return (self.steps - self.start_step) / self.wall_s if self.wall_s > 0 else None
 
+    def record(self) -> dict:
+        """The fields every ``summary.json`` starts with."""
+        return {
+            "status": self.status,
+            "message": self.message,
+            "steps": self.steps,
+            "wall_s": self.wall_s,
+            "steps_per_s": self.steps_per_s,
+        }
+
 
 def train_loop(
     run: RunDir,
+    cfg,
     state,
     train_step,
     batch_fn,
     *,
     checkpointer,
-    num_steps: int,
-    save_every: int,
-    eval_every: int,
     log_eval,
-    progress: bool,
-    desc: str,
     metric_keys=("loss", "grad_norm", "clipped"),
 ) -> Outcome:
     """``rnnjax.train.fit`` with the experiments' logging: one ``metrics.jsonl`` row per
     update (``metric_keys`` per seed, learning rate, steps/s), ``log_eval(step, state)``
-    every ``eval_every`` updates but the last, and a non-finite loss or a signal turned
-    into an :class:`Outcome` instead of an exception. Closes ``checkpointer``."""
+    every ``cfg.eval_every`` updates but the last, and a non-finite loss or a signal
+    turned into an :class:`Outcome` instead of an exception. Reads ``cfg.steps``,
+    ``save_every``, ``eval_every``, ``progress`` and ``run_name``. Closes
+    ``checkpointer``."""
+    num_steps, eval_every = cfg.steps, cfg.eval_every
     from rnnjax import train as tr
 
     start_step = tr.current_step(state)
@@ -285,10 +294,10 @@ def train_loop(
             batch_fn,
             num_steps=num_steps,
             checkpointer=checkpointer,
-            save_every=save_every,
+            save_every=cfg.save_every,
             on_step=on_step,
-            progress=progress,
-            desc=desc,
+            progress=cfg.progress,
+            desc=cfg.run_name,
         )
     except tr.NonFiniteError as err:
         status, message, exit_code, done = "nonfinite", str(err), 1, err.step

@@ -272,33 +272,15 @@ def main(argv=None) -> int:
         return row, tokens
 
     outcome = common.train_loop(
-        run,
-        state,
-        train_step,
-        batch_fn,
-        checkpointer=ckpt,
-        num_steps=cfg.steps,
-        save_every=cfg.save_every,
-        eval_every=cfg.eval_every,
-        log_eval=log_eval,
-        progress=cfg.progress,
-        desc=cfg.run_name,
+        run, cfg, state, train_step, batch_fn, checkpointer=ckpt, log_eval=log_eval,
         metric_keys=("loss", "token_accuracy", "grad_norm", "clipped"),
-    )
-    state, status, message, exit_code = (
-        outcome.state,
-        outcome.status,
-        outcome.message,
-        outcome.exit_code,
-    )
-    done_steps, wall = outcome.steps, outcome.wall_s
+    )  # fmt: skip
+    state, status, message, done_steps, wall = (
+        outcome.state, outcome.status, outcome.message, outcome.steps, outcome.wall_s
+    )  # fmt: skip
 
     summary = {
-        "status": status,
-        "message": message,
-        "steps": done_steps,
-        "wall_s": wall,
-        "steps_per_s": outcome.steps_per_s,
+        **outcome.record(),
         "params_per_seed": n_params,
         "seeds": seeds.tolist(),
         "placement": placement,
@@ -360,7 +342,7 @@ def main(argv=None) -> int:
     else:
         print(f"Stopped: {message}")
     print(f"Wrote {run.path}")
-    return exit_code
+    return outcome.exit_code
 
 
 def plot_curves(run: common.RunDir, cfg: Config) -> None:

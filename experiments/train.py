@@ -272,34 +272,16 @@ def main(argv=None) -> int:
         return metrics
 
     outcome = common.train_loop(
-        run,
-        state,
-        train_step,
-        batch_fn,
-        checkpointer=ckpt,
-        num_steps=cfg.steps,
-        save_every=cfg.save_every,
-        eval_every=cfg.eval_every,
-        log_eval=log_eval,
-        progress=cfg.progress,
-        desc=cfg.run_name,
+        run, cfg, state, train_step, batch_fn, checkpointer=ckpt, log_eval=log_eval,
         metric_keys=("loss", "grad_norm", "clipped"),
-    )
-    state, status, message, exit_code = (
-        outcome.state,
-        outcome.status,
-        outcome.message,
-        outcome.exit_code,
-    )
-    done_steps, wall = outcome.steps, outcome.wall_s
+    )  # fmt: skip
+    state, status, message, done_steps, wall = (
+        outcome.state, outcome.status, outcome.message, outcome.steps, outcome.wall_s
+    )  # fmt: skip
 
     final = log_eval(done_steps, state) if status == "done" else None
     summary = {
-        "status": status,
-        "message": message,
-        "steps": done_steps,
-        "wall_s": wall,
-        "steps_per_s": outcome.steps_per_s,
+        **outcome.record(),
         "params_per_seed": n_params,
         "seeds": seeds.tolist(),
         "placement": placement,
@@ -328,7 +310,7 @@ def main(argv=None) -> int:
     else:
         print(f"Stopped: {message}")
     print(f"Wrote {run.path}")
-    return exit_code
+    return outcome.exit_code
 
 
 def sample_text(model, params, task, num_chars: int, prompt: str = "The ", seed: int = 0) -> str:

@@ -114,7 +114,12 @@ def parallel_step(
     )
 
     def step(state, batch):
-        return jitted(place_state(state, mesh, layout), shard(batch, mesh, batch_axis))
+        # The state comes back from the last step already placed: move it only when it
+        # is not (the first step, or a state restored on another device count).
+        leaves = jax.tree.leaves(state)
+        if leaves and getattr(leaves[0], "sharding", None) != state_sh:
+            state = place_state(state, mesh, layout)
+        return jitted(state, shard(batch, mesh, batch_axis))
 
     return step
 
