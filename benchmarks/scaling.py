@@ -8,13 +8,14 @@ Each device count runs in its own process (on a CPU the count is forced with
 devices with ``--real``). The workload is the train step of ``experiments/train.py``
 (LSTM, adding problem), seeds vmapped, compiled by ``rnnjax.distributed.parallel_step``:
 
-* ``data``: one seed, its global batch split over the devices;
+* ``data``: one seed, its global batch split over the devices, its state replicated;
+* ``sharded``: as ``data``, with the parameters and optimizer state split too;
 * ``seeds``: ``--seeds`` seeds (one or more per device), each with its own batch.
 
 Reported per device count: median step time over ``--repeats`` timed steps after
 ``--warmup`` untimed ones (compile excluded, ``block_until_ready``), the interquartile
-range, and sequences/s. Writes ``<out>/scaling.json`` (with the environment) and
-``<out>/scaling.md``.
+range, sequences/s, and the train state's bytes held by one device. Writes
+``<out>/scaling.json`` (with the environment) and ``<out>/scaling.md``.
 """
 
 from __future__ import annotations
@@ -60,9 +61,9 @@ def worker(args) -> dict:
     mesh = distributed.data_mesh()
     n = mesh.size
     results = {}
-    for layout, seeds in (("data", 1), ("seeds", args.seeds)):
-        if layout == "seeds" and seeds % n:
-            continue
+    for layout, seeds in (("data", 1), ("sharded", 1), ("seeds", args.seeds)):
+        if (layout == "seeds" and seeds % n) or (layout == "sharded" and n == 1):
+            continue  # on one device, sharded is data
         state = jax.vmap(init)(jnp.arange(seeds))
         fn = distributed.parallel_step(step, mesh, layout, batch_axis=1) if n > 1 else jax.jit(step)
         if n > 1:
@@ -86,6 +87,9 @@ def worker(args) -> dict:
             "iqr_s": [float(q1), float(q3)],
             "min_s": float(t.min()),
             "sequences_per_s": seeds * args.batch_size / float(med),
+            "state_bytes_per_device": sum(
+                x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(state)
+            ),
         }
     return {"devices": n, "platform": jax.devices()[0].platform, "results": results}
 
@@ -129,9 +133,11 @@ def main(argv=None) -> None:
 
     env = common.environment()
     base = {layout: rows[0]["results"][layout]["median_s"] for layout in rows[0]["results"]}
+    base["sharded"] = base["data"]  # one device holds everything either way
     lines = [
-        "| devices | layout | seeds x batch | median step (IQR) | sequences/s | speed-up vs 1 |",
-        "|---|---|---|---|---|---|",
+        "| devices | layout | seeds x batch | median step (IQR) | sequences/s | speed-up vs 1 "
+        "| state per device |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         for layout, r in row["results"].items():
@@ -139,7 +145,8 @@ def main(argv=None) -> None:
             lines.append(
                 f"| {row['devices']} | {layout} | {r['seeds']} x {args.batch_size} | "
                 f"{r['median_s'] * 1e3:.1f} ms ({q1:.1f}-{q3:.1f}) | "
-                f"{r['sequences_per_s']:.0f} | {base[layout] / r['median_s']:.2f}x |"
+                f"{r['sequences_per_s']:.0f} | {base[layout] / r['median_s']:.2f}x | "
+                f"{r['state_bytes_per_device'] / 1024:.0f} KiB |"
             )
     command = "python benchmarks/scaling.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = "\n".join(

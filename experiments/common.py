@@ -121,21 +121,46 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-class RunDir:
-    """One run's folder: ``config.json``, JSONL logs, ``summary.json``, plots, checkpoints."""
+def join_processes() -> bool:
+    """Start of every experiment's ``main``: join a multi-process run when the
+    environment describes one (:func:`rnnjax.distributed.initialize`), and keep the
+    other processes' stdout quiet, since process 0 speaks for the run. Returns whether
+    this is process 0."""
+    from rnnjax import distributed
 
-    def __init__(self, path: str | Path):
+    distributed.initialize()
+    primary = distributed.is_primary()
+    if not primary:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (for the life of the process)
+    return primary
+
+
+class RunDir:
+    """One run's folder: ``config.json``, JSONL logs, ``summary.json``, plots, checkpoints.
+
+    Only the primary process (process 0 of a multi-process run) writes; on the others
+    every write is a no-op, so a shared folder gets each line once.
+    """
+
+    def __init__(self, path: str | Path, *, primary: bool | None = None):
+        from rnnjax import distributed
+
         self.path = Path(path)
+        self.primary = distributed.is_primary() if primary is None else primary
         self.path.mkdir(parents=True, exist_ok=True)
 
     def write_json(self, name: str, obj) -> Path:
         target = self.path / name
+        if not self.primary:
+            return target
         tmp = target.with_suffix(target.suffix + ".tmp")
         tmp.write_text(json.dumps(obj, indent=2, default=_jsonable) + "\n")
         os.replace(tmp, target)  # atomic: a reader never sees half a file
         return target
 
     def append_jsonl(self, name: str, row: dict) -> None:
+        if not self.primary:
+            return
         with open(self.path / name, "a") as f:
             f.write(json.dumps(row, default=_jsonable) + "\n")
 
@@ -147,6 +172,8 @@ class RunDir:
 
     def truncate_jsonl(self, name: str, max_step: int) -> None:
         """Drop rows past ``max_step`` (after a resume, those steps are redone)."""
+        if not self.primary:
+            return
         rows = [r for r in self.read_jsonl(name) if r.get("step", 0) <= max_step]
         target = self.path / name
         tmp = target.with_suffix(".tmp")
@@ -173,19 +200,21 @@ def start_or_resume(run: RunDir, ckpt, state, resume: bool, logs=("metrics.jsonl
             f"{ckpt.directory} already holds checkpoints {ckpt.steps()}: pass "
             "--resume to continue that run, or --name / --out for a new one."
         )
-    for name in logs:
-        (run.path / name).unlink(missing_ok=True)
+    if run.primary:
+        for name in logs:
+            (run.path / name).unlink(missing_ok=True)
     return state
 
 
-PARALLEL = ("auto", "none", "data", "seeds")
+PARALLEL = ("auto", "none", "data", "sharded", "seeds")
 
 
 def on_devices(step, *, devices: int, parallel: str, seeds: int, batch_size: int):
     """Compile a seed-vmapped train step for the devices JAX sees.
 
     ``parallel``: ``"none"`` (one device), ``"data"`` (each seed's batch split over the
-    devices, state replicated), ``"seeds"`` (whole seeds per device), or ``"auto"``
+    devices, state replicated), ``"sharded"`` (as ``"data"`` with the parameters and
+    optimizer state split too), ``"seeds"`` (whole seeds per device), or ``"auto"``
     (``"seeds"`` when the device count divides the seeds, else ``"data"`` when it divides
     the batch, else an error). ``devices``: how many to use, 0 for all.
 
@@ -296,7 +325,7 @@ def train_loop(
             checkpointer=checkpointer,
             save_every=cfg.save_every,
             on_step=on_step,
-            progress=cfg.progress,
+            progress=cfg.progress and run.primary,
             desc=cfg.run_name,
         )
     except tr.NonFiniteError as err:

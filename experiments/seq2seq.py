@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 import rnnjax  # noqa: E402
+from rnnjax import distributed  # noqa: E402
 from rnnjax import train as tr  # noqa: E402
 from rnnjax.attention import ATTENTIONS  # noqa: E402
 from rnnjax.checkpoint import Checkpointer  # noqa: E402
@@ -80,7 +81,7 @@ class Config:
     name: str = ""  # default: s2s-<task>[-T<seq_len>]-<cell>-<attention>
     progress: bool = True
     devices: int = 0  # how many of the devices JAX sees to use; 0: all
-    parallel: str = "auto"  # auto | none | data (split each batch) | seeds (seeds per device)
+    parallel: str = "auto"  # auto | none | data | sharded (params split too) | seeds
 
     def validate(self) -> None:
         if self.task not in TASKS:
@@ -156,6 +157,7 @@ def exact_match(vocab, tokens, pairs) -> tuple[np.ndarray, list[str]]:
 
 
 def main(argv=None) -> int:
+    common.join_processes()  # before any other JAX call: a multi-process run, if launched as one
     cfg, _ = common.parse_config(Config, argv, description=__doc__.split("\n")[0])
     task = build_task(cfg)
     model = build_model(cfg, task)
@@ -244,7 +246,7 @@ def main(argv=None) -> int:
         return jax.vmap(one)(params)
 
     ckpt = Checkpointer(run.path / "checkpoints", max_to_keep=cfg.keep)
-    state = place(common.start_or_resume(run, ckpt, state, cfg.resume))
+    state = common.start_or_resume(run, ckpt, place(state), cfg.resume)
     run.write_json(
         "config.json",
         {
@@ -264,7 +266,7 @@ def main(argv=None) -> int:
     )
 
     def log_eval(step, state):
-        metrics, tokens = jax.device_get(evaluate(state.params))
+        metrics, tokens = distributed.to_host(evaluate(state.params))
         exact = np.array([exact_match(task.vocab, t, pairs)[0].mean() for t in tokens])
         row = {"step": step, **{k: np.asarray(v).tolist() for k, v in metrics.items()}}
         row["exact_greedy"] = exact.tolist()
@@ -294,7 +296,7 @@ def main(argv=None) -> int:
         row, greedy_tokens = log_eval(done_steps, state)
         greedy_s = time.perf_counter() - t_eval
         t_beam = time.perf_counter()
-        beam_tokens = jax.device_get(beam_decode(state.params))
+        beam_tokens = distributed.to_host(beam_decode(state.params))
         beam_s = time.perf_counter() - t_beam
         greedy_exact = np.array(
             [exact_match(task.vocab, t, pairs)[0].mean() for t in greedy_tokens]
@@ -325,9 +327,12 @@ def main(argv=None) -> int:
         ]
         summary["greedy_errors_seed0"] = {"count": len(errors), "first": errors[:12]}
     run.write_json("summary.json", summary)
-    plot_curves(run, cfg)
     if status == "done" and cfg.attention != "none":
-        plot_attention(run, model, jax.tree.map(lambda a: a[0], state.params), task, pairs[:4])
+        params0 = jax.tree.map(lambda a: a[0], distributed.to_host(state.params))
+    if run.primary:
+        plot_curves(run, cfg)
+        if status == "done" and cfg.attention != "none":
+            plot_attention(run, model, params0, task, pairs[:4])
     if status == "done":
         final = summary["final"]
         beam_key = f"exact_beam{cfg.beam_width}"

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 import rnnjax  # noqa: E402
+from rnnjax import distributed  # noqa: E402
 from rnnjax import train as tr  # noqa: E402
 from rnnjax.checkpoint import Checkpointer  # noqa: E402
 from rnnjax.modules import SequenceModel, count_params  # noqa: E402
@@ -63,7 +64,7 @@ class Config:
     name: str = ""  # default: <task>-<cell>-T<seq_len> (digits, hello: no T)
     progress: bool = True
     devices: int = 0  # how many of the devices JAX sees to use; 0: all
-    parallel: str = "auto"  # auto | none | data (split each batch) | seeds (seeds per device)
+    parallel: str = "auto"  # auto | none | data | sharded (params split too) | seeds
     sample_chars: int = 300  # charlm: characters to sample at the end
 
     def validate(self) -> None:
@@ -177,6 +178,7 @@ def build_model(cfg: Config, task) -> SequenceModel:
 
 
 def main(argv=None) -> int:
+    common.join_processes()  # before any other JAX call: a multi-process run, if launched as one
     cfg, preset = common.parse_config(
         Config, argv, presets=PRESETS, description=__doc__.split("\n")[0]
     )
@@ -245,7 +247,7 @@ def main(argv=None) -> int:
         return jax.vmap(one)(params)
 
     ckpt = Checkpointer(run.path / "checkpoints", max_to_keep=cfg.keep)
-    state = place(common.start_or_resume(run, ckpt, state, cfg.resume))
+    state = common.start_or_resume(run, ckpt, place(state), cfg.resume)
     run.write_json(
         "config.json",
         {
@@ -265,7 +267,7 @@ def main(argv=None) -> int:
     )
 
     def log_eval(step, state):
-        metrics = {k: np.asarray(v) for k, v in jax.device_get(evaluate(state.params)).items()}
+        metrics = distributed.to_host(evaluate(state.params))
         run.append_jsonl(
             "eval.jsonl", {"step": step, **{k: v.tolist() for k, v in metrics.items()}}
         )
@@ -293,12 +295,12 @@ def main(argv=None) -> int:
         "environment": common.environment(),
     }
     if status == "done" and task.name == "charlm" and cfg.sample_chars:
-        summary["sample"] = sample_text(
-            model, jax.tree.map(lambda a: a[0], state.params), task, cfg.sample_chars
-        )
+        params0 = jax.tree.map(lambda a: a[0], distributed.to_host(state.params))
+        summary["sample"] = sample_text(model, params0, task, cfg.sample_chars)
         print("Sample (seed 0):\n" + summary["sample"])
     run.write_json("summary.json", summary)
-    plot_run(run, cfg, task)
+    if run.primary:
+        plot_run(run, cfg, task)
     if final is not None:
         shown = ", ".join(
             f"{k} {common.fmt_mean_std(common.mean_spread(v), 4)}" for k, v in final.items()

@@ -5,6 +5,11 @@ write is complete, so a crash mid-save never leaves a half-written step that loo
 finished. On top of that every save records a checksum of the state's bytes; a restore
 that fails or reads bytes with another checksum (a truncated or corrupted file) is
 reported and skipped in favour of the previous step.
+
+Sharded state saves as it lies: in a multi-process run every process calls
+:meth:`Checkpointer.save` and writes the shards its devices hold (orbax coordinates
+them), and a restore reads into the shardings of ``like``, so a run saved on N devices
+resumes on M.
 """
 
 from __future__ import annotations
@@ -17,16 +22,22 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from rnnjax.distributed import to_host
+
 
 class CheckpointWarning(UserWarning):
     """A checkpoint could not be restored and was skipped."""
 
 
 def state_checksum(tree) -> str:
-    """SHA-256 over the dtype, shape and bytes of every leaf, in tree order."""
+    """SHA-256 over the dtype, shape and bytes of every leaf, in tree order.
+
+    Leaves spread over several processes are gathered first (every process computes
+    the same checksum; see :func:`rnnjax.distributed.to_host`).
+    """
     digest = hashlib.sha256()
     for leaf in jax.tree.leaves(tree):
-        arr = np.asarray(leaf)
+        arr = to_host(leaf)
         digest.update(f"{arr.dtype}{arr.shape}".encode())
         digest.update(np.ascontiguousarray(arr).tobytes())
     return digest.hexdigest()

@@ -8,9 +8,19 @@ gradients when the batch is split). Two layouts:
 * ``"data"``: every device holds the whole train state (replicated) and a slice of
   the batch. The global batch is the user's number; the result is the one-device
   result up to the order of floating-point sums.
+* ``"sharded"``: the batch split as in ``"data"``, and every state leaf split along
+  one of its dimensions (the largest the device count divides; leaves with none stay
+  replicated), so each device stores about ``1/N`` of the parameters and optimizer
+  state (ZeRO/FSDP style). XLA gathers the parameters where the step needs them. The
+  numbers are those of ``"data"``; the price is the gathers, the gain memory.
 * ``"seeds"``: for states with a leading seed axis (``rnnjax.train.vmap_seeds``),
   each device holds whole seeds: their state and their batches. Nothing is
-  communicated; ``S`` seeds on ``S`` devices run side by side.
+  communicated (but for the per-step metrics when the devices span processes);
+  ``S`` seeds on ``S`` devices run side by side.
+
+Across processes (:func:`initialize`) the mesh spans every process's devices; each
+process feeds the same host batch and keeps the part its devices hold, and
+:func:`to_host` gathers a result whichever process holds it.
 
 The same code runs on host CPUs (``XLA_FLAGS=--xla_force_host_platform_device_count=N``
 makes ``N`` of them, how the tests prove it), GPUs and TPUs.
@@ -28,7 +38,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 DATA = "data"
-LAYOUTS = ("data", "seeds")
+LAYOUTS = ("data", "sharded", "seeds")
 
 
 def data_mesh(devices: int | Sequence[jax.Device] | None = None) -> Mesh:
@@ -55,6 +65,22 @@ def _spec(axis: int) -> P:
     return P(*([None] * axis), DATA)
 
 
+def spans_processes(mesh: Mesh) -> bool:
+    """Whether ``mesh`` holds devices of more than one process."""
+    return len({d.process_index for d in mesh.devices.flat}) > 1
+
+
+def _to_numpy_if_global(tree: Any, mesh: Mesh) -> Any:
+    # A process can place a host value onto devices of other processes (each keeps its
+    # part) but not a value committed to one of its own devices: go through NumPy.
+    if not spans_processes(mesh):
+        return tree
+    return jax.tree.map(
+        lambda x: np.asarray(x) if isinstance(x, jax.Array) and x.is_fully_addressable else x,
+        tree,
+    )
+
+
 def shard(tree: Any, mesh: Mesh, axis: int) -> Any:
     """Place ``tree`` with dimension ``axis`` of every leaf split over the mesh.
 
@@ -70,12 +96,40 @@ def shard(tree: Any, mesh: Mesh, axis: int) -> Any:
                 f"{jax.tree_util.keystr(path) or 'value'} has shape {shape}: dimension "
                 f"{axis} must exist and be divisible by the {n} devices of the mesh."
             )
-    return jax.device_put(tree, NamedSharding(mesh, _spec(axis)))
+    return jax.device_put(_to_numpy_if_global(tree, mesh), NamedSharding(mesh, _spec(axis)))
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """Place a full copy of ``tree`` on every device of the mesh."""
-    return jax.device_put(tree, NamedSharding(mesh, P()))
+    return jax.device_put(_to_numpy_if_global(tree, mesh), NamedSharding(mesh, P()))
+
+
+def _largest_divisible_axis(shape: tuple[int, ...], n: int) -> int | None:
+    axes = [a for a, size in enumerate(shape) if size % n == 0 and size >= n]
+    return max(axes, key=lambda a: (shape[a], -a)) if axes else None
+
+
+def state_shardings(state: Any, mesh: Mesh, layout: str = "data") -> Any:
+    """The sharding of every leaf of ``state`` in ``layout`` (a tree like ``state``)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}; got {layout!r}.")
+    if layout == "seeds":
+        for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+            shape = np.shape(leaf)
+            if not shape or shape[0] % mesh.size:
+                raise ValueError(
+                    f"{jax.tree_util.keystr(path) or 'value'} has shape {shape}: dimension "
+                    f"0 (seeds) must exist and be divisible by the {mesh.size} devices."
+                )
+        return jax.tree.map(lambda _: NamedSharding(mesh, _spec(0)), state)
+    if layout == "data":
+        return jax.tree.map(lambda _: NamedSharding(mesh, P()), state)
+
+    def one(leaf):
+        axis = _largest_divisible_axis(np.shape(leaf), mesh.size)
+        return NamedSharding(mesh, P() if axis is None else _spec(axis))
+
+    return jax.tree.map(one, state)
 
 
 def parallel_step(
@@ -91,10 +145,11 @@ def parallel_step(
       train_step: the pure step (from :func:`rnnjax.train.make_train_step`, possibly
         under :func:`~rnnjax.train.vmap_seeds`); not yet jitted.
       mesh: from :func:`data_mesh`.
-      layout: ``"data"`` (batch split along ``batch_axis``, state replicated) or
-        ``"seeds"`` (state, batch and metrics split along their leading seed axis).
-      batch_axis: the batch dimension of every batch leaf for ``"data"`` (1 when the
-        batch has a leading seed axis).
+      layout: ``"data"`` (batch split along ``batch_axis``, state replicated),
+        ``"sharded"`` (batch split, every state leaf split along its largest divisible
+        dimension) or ``"seeds"`` (state and batch split along their leading seed axis).
+      batch_axis: the batch dimension of every batch leaf for ``"data"`` and
+        ``"sharded"`` (1 when the batch has a leading seed axis).
 
     Returns:
       ``step(state, batch)``; it places its inputs (a host batch is split as it is
@@ -102,22 +157,30 @@ def parallel_step(
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}; got {layout!r}.")
-    if layout == "data":
-        state_sh = NamedSharding(mesh, P())
-        batch_sh = NamedSharding(mesh, _spec(batch_axis))
-        metrics_sh = state_sh
-    else:
-        state_sh = batch_sh = metrics_sh = NamedSharding(mesh, _spec(0))
+    if layout == "seeds":
         batch_axis = 0
-    jitted = jax.jit(
-        train_step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, metrics_sh)
-    )
+    batch_sh = NamedSharding(mesh, _spec(batch_axis))
+    # Metrics are a few numbers per step: whole on every device, so every process can
+    # read them, except in the seeds layout on one process (nothing communicated).
+    seeds_local = layout == "seeds" and not spans_processes(mesh)
+    metrics_sh = NamedSharding(mesh, _spec(0) if seeds_local else P())
+    compiled = {}
 
     def step(state, batch):
+        treedef = jax.tree.structure(state)
+        if treedef not in compiled:
+            state_sh = state_shardings(state, mesh, layout)
+            jitted = jax.jit(
+                train_step,
+                in_shardings=(state_sh, batch_sh),
+                out_shardings=(state_sh, metrics_sh),
+            )
+            compiled[treedef] = (jitted, jax.tree.leaves(state_sh))
+        jitted, leaf_sh = compiled[treedef]
         # The state comes back from the last step already placed: move it only when it
         # is not (the first step, or a state restored on another device count).
-        leaves = jax.tree.leaves(state)
-        if leaves and getattr(leaves[0], "sharding", None) != state_sh:
+        placed = zip(jax.tree.leaves(state), leaf_sh)
+        if any(getattr(x, "sharding", None) != sh for x, sh in placed):
             state = place_state(state, mesh, layout)
         return jitted(state, shard(batch, mesh, batch_axis))
 
@@ -127,9 +190,30 @@ def parallel_step(
 def place_state(state: Any, mesh: Mesh, layout: str = "data") -> Any:
     """Put a train state where :func:`parallel_step` expects it (e.g. after init or a
     restore onto another number of devices)."""
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}; got {layout!r}.")
-    return replicate(state, mesh) if layout == "data" else shard(state, mesh, 0)
+    return jax.device_put(_to_numpy_if_global(state, mesh), state_shardings(state, mesh, layout))
+
+
+def to_host(tree: Any) -> Any:
+    """Every leaf as a NumPy array holding its global value, wherever it lives.
+
+    A leaf spread over other processes' devices is gathered (a collective: every
+    process must call this in the same order, as they do running the same script).
+    """
+    from jax.experimental import multihost_utils
+
+    def one(x):
+        if not isinstance(x, jax.Array) or x.is_fully_addressable:
+            return np.asarray(x)
+        if x.is_fully_replicated:
+            return np.asarray(x.addressable_data(0))
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+    return jax.tree.map(one, tree)
+
+
+def is_primary() -> bool:
+    """Whether this is process 0, the one that writes logs, reports and plots."""
+    return jax.process_index() == 0
 
 
 def initialize(env: Mapping[str, str] | None = None) -> bool:

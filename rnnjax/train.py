@@ -23,6 +23,7 @@ import numpy as np
 import optax
 
 from rnnjax.checkpoint import Checkpointer
+from rnnjax.distributed import to_host
 
 Array = jax.Array
 PyTree = Any
@@ -53,10 +54,14 @@ class NonFiniteError(FloatingPointError):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM arrived; the state at ``step`` was checkpointed first."""
+    """SIGINT or SIGTERM arrived; the state at ``step`` was checkpointed first.
 
-    def __init__(self, step: int, signum: int):
-        super().__init__(f"interrupted by signal {signum} after step {step}")
+    ``signum`` is ``None`` in a process that stopped because another process of the run
+    was signalled."""
+
+    def __init__(self, step: int, signum: int | None):
+        cause = f"signal {signum}" if signum is not None else "a signal to another process"
+        super().__init__(f"interrupted by {cause} after step {step}")
         self.step, self.signum = step, signum
 
 
@@ -202,7 +207,7 @@ def _catch_signals(enabled: bool):
 
 
 def current_step(state: TrainState) -> int:
-    steps = np.asarray(state.step).reshape(-1)
+    steps = to_host(state.step).reshape(-1)
     if steps.size and not np.all(steps == steps[0]):
         raise ValueError(f"seeds of state are at different steps: {steps.tolist()}")
     return int(steps[0])
@@ -248,7 +253,7 @@ def fit(
     with _catch_signals(handle_signals) as caught:
         for step in range(start, num_steps):
             new_state, metrics = train_step(state, batch_fn(step))
-            metrics = jax.device_get(metrics)
+            metrics = to_host(metrics)  # gathered from every process holding a part
             try:
                 chex.assert_tree_all_finite(
                     {"loss": metrics["loss"], "grad_norm": metrics["grad_norm"]}
@@ -273,17 +278,28 @@ def fit(
                 bar.update(1)
             if checkpointer is not None and save_every and done % save_every == 0:
                 checkpointer.save(done, state)
-            if caught:
+            if _any_process(bool(caught)):
                 if checkpointer is not None and done not in checkpointer.steps():
                     checkpointer.save(done, state)
                 if bar is not None:
                     bar.close()
-                raise TrainingInterrupted(done, caught[0])
+                raise TrainingInterrupted(done, caught[0] if caught else None)
     if bar is not None:
         bar.close()
     if checkpointer is not None and num_steps > start and num_steps not in checkpointer.steps():
         checkpointer.save(num_steps, state)
     return state
+
+
+def _any_process(flag: bool) -> bool:
+    """``flag`` of any process (one process: ``flag``). A signal reaches the processes of
+    a run at different updates; agreeing every update makes them all stop, and save,
+    at the same one instead of waiting on each other in a collective."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.array(flag))))
 
 
 def _progress(enabled: bool, start: int, total: int, desc: str):

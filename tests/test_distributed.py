@@ -6,6 +6,7 @@ when JAX starts (``XLA_FLAGS=--xla_force_host_platform_device_count=4``).
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -95,6 +96,13 @@ def test_data_and_seed_parallel_equal_one_device(tmp_path):
         s4, l4 = run(par, distributed.place_state(init(0), mesh), 0, 6)
         batch_devices = len(distributed.shard(batch(0), mesh, 0).inputs.sharding.device_set)
 
+        # Sharded state: each device stores a slice of the parameters and optimizer state.
+        sh = distributed.parallel_step(step, mesh, "sharded")
+        ss, ls = run(sh, init(0), 0, 6)
+        whole = sum(x.nbytes for x in jax.tree.leaves(ss))
+        on_dev0 = sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(ss))
+        w_h_shape = list(ss.params["rnn"]["layer"][0].w_h.addressable_shards[0].data.shape)
+
         # Seeds: 4 seeds vmapped on one device, or one seed per device.
         seeds = jax.vmap(init)(jnp.arange(4))
         vs = tr.vmap_seeds(step)
@@ -118,6 +126,7 @@ def test_data_and_seed_parallel_equal_one_device(tmp_path):
         r4, l_r4 = run(par, back4, 3, 6)
         print(json.dumps(dict(
             l1=l1, l4=l4, p1=leaves(s1), p4=leaves(s4), batch_devices=batch_devices,
+            ls=ls, ps=leaves(ss), whole=whole, on_dev0=on_dev0, w_h_shape=w_h_shape,
             lv1=lv1, lv4=lv4, pv1=leaves(v1), pv4=leaves(v4), per_device=list(per_device),
             l_r1=l_r1, l_r4=l_r4, pr1=leaves(r1), pr4=leaves(r4),
         )))
@@ -126,6 +135,10 @@ def test_data_and_seed_parallel_equal_one_device(tmp_path):
     assert r["batch_devices"] == 4  # the batch really is split
     _close(r["l1"], r["l4"])
     _close(r["p1"], r["p4"])
+    _close(r["l1"], r["ls"])
+    _close(r["p1"], r["ps"])
+    assert r["w_h_shape"] == [8, 8]  # w_h is [8, 32]: its gate axis split 4 ways
+    assert r["on_dev0"] < 0.4 * r["whole"]  # about a quarter, plus the replicated scalars
     assert r["per_device"][0] == 1  # one seed per device
     _close(r["lv1"], r["lv4"], rtol=1e-6)
     _close(r["pv1"], r["pv4"], rtol=1e-6)
@@ -145,39 +158,84 @@ def test_errors_name_the_problem():
         distributed.shard({"x": np.zeros(3)}, mesh, 1)
 
 
-def _train(tmp_path, name, devices_flag, extra):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    if devices_flag:
-        env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-    cmd = [
-        sys.executable, str(ROOT / "experiments" / "train.py"), "--task", "adding",
-        "--seq_len", "8", "--hidden_size", "8", "--batch_size", "8", "--steps", "6",
-        "--eval_every", "3", "--eval_size", "16", "--no-progress", "--out", str(tmp_path),
-        "--name", name, *extra,
-    ]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    run = tmp_path / name
+TRAIN = [
+    sys.executable, str(ROOT / "experiments" / "train.py"), "--task", "adding",
+    "--seq_len", "8", "--hidden_size", "8", "--batch_size", "8", "--eval_every", "3",
+    "--eval_size", "16", "--no-progress", "--seeds", "4",
+]  # fmt: skip
+
+
+def _env(devices=1, **extra):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", **extra)
+    env.pop("XLA_FLAGS", None)
+    if devices > 1:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    return env
+
+
+def _train(out, name, devices, extra, steps=6):
+    cmd = [*TRAIN, "--steps", str(steps), "--out", str(out), "--name", name, *extra]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=_env(devices), timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def _read(run):
     rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
     config = json.loads((run / "config.json").read_text())
-    return np.array([r["loss"] for r in rows]), config["placement"], run
+    return np.array([r["loss"] for r in rows]), config["placement"]
 
 
 @pytest.mark.slow
-def test_the_same_command_on_one_and_four_devices(tmp_path):
-    """experiments/train.py unchanged: 4 seeds on 1 device, then on 4 forced devices
-    with one seed per device (the data layout's equality is checked above)."""
-    loss1, place1, run1 = _train(tmp_path, "one", False, ["--seeds", "4"])
-    assert place1 == {"devices": 1, "parallel": "none"}
+def test_the_same_command_on_one_device_and_on_two_processes(tmp_path):
+    """experiments/train.py unchanged, 4 seeds x 6 updates: on 1 device, and on 2
+    processes x 2 host devices with the parameters and optimizer state sharded, stopped
+    after 3 updates and resumed on 1 device. (The seeds and data layouts on 4 devices
+    of one process are checked above, at the library level.)"""
     final = lambda run: json.loads((run / "summary.json").read_text())["final"]  # noqa: E731
-    for parallel in ("seeds",):
-        extra = ["--seeds", "4", "--parallel", parallel]
-        loss4, place4, run4 = _train(tmp_path, parallel, True, extra)
-        assert place4 == {"devices": 4, "parallel": parallel}
-        np.testing.assert_allclose(loss4, loss1, rtol=2e-5, atol=1e-7)
-        np.testing.assert_allclose(
-            final(run4)["mse"]["per_seed"], final(run1)["mse"]["per_seed"], rtol=2e-5
+    _train(tmp_path, "one", 1, [])
+    loss1, place1 = _read(tmp_path / "one")
+    assert place1 == {"devices": 1, "parallel": "none"}
+
+    # Two processes on loopback, each with 2 host devices: 4 global devices.
+    cmd = [
+        *TRAIN, "--steps", "3", "--save_every", "3", "--parallel", "sharded",
+        "--out", str(tmp_path), "--name", "multi",
+    ]  # fmt: skip
+    address = f"127.0.0.1:{_free_port()}"
+    procs = [
+        subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(
+                2, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)
+            ),
         )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    # Process 0 speaks for the run (gloo's own lines, written below Python, aside).
+    assert "Wrote" in outs[0][0] and "Wrote" not in outs[1][0]
+    multi = tmp_path / "multi"
+    loss_m, place_m = _read(multi)
+    assert place_m == {"devices": 4, "parallel": "sharded"}
+    assert len(loss_m) == 3  # one row per update: only process 0 wrote
+    np.testing.assert_allclose(loss_m, loss1[:3], rtol=2e-5, atol=1e-7)
+    assert (multi / "checkpoints" / "3").is_dir()
+
+    # Saved by 2 processes on 4 devices; resumed by one process on 1 device.
+    resumed = _train(tmp_path, "multi", 1, ["--resume"])
+    assert "Resumed from step 3" in resumed
+    loss_r, place_r = _read(multi)
+    assert place_r == {"devices": 1, "parallel": "none"}
+    np.testing.assert_allclose(loss_r, loss1, rtol=2e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        final(multi)["mse"]["per_seed"], final(tmp_path / "one")["mse"]["per_seed"], rtol=2e-5
+    )
 
 
 def _free_port() -> int:
@@ -189,9 +247,10 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_processes_on_loopback_equal_one_process():
+def test_two_processes_on_loopback_equal_one_process(tmp_path):
     """jax.distributed over loopback: 2 processes x 2 host devices train data-parallel
-    on 4 global devices and reproduce the one-process, one-device losses."""
+    on 4 global devices and reproduce the one-process, one-device losses; a signal to
+    one of them stops both after the same update, which both save."""
     script = str(ROOT / "tests" / "scripts" / "two_process_train.py")
     base = dict(os.environ, JAX_PLATFORMS="cpu")
     base.pop("XLA_FLAGS", None)
@@ -203,6 +262,7 @@ def test_two_processes_on_loopback_equal_one_process():
         XLA_FLAGS="--xla_force_host_platform_device_count=2",
         JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{_free_port()}",
         JAX_NUM_PROCESSES="2",
+        CKPT_DIR=str(tmp_path / "ckpt"),  # one folder: each process writes its part
     )
     procs = [
         subprocess.Popen(
@@ -222,6 +282,11 @@ def test_two_processes_on_loopback_equal_one_process():
     for i, r in enumerate(results):
         assert (r["joined"], r["process"], r["processes"], r["devices"]) == (True, i, 2, 4)
         np.testing.assert_allclose(r["losses"], one["losses"], rtol=2e-5)
+    # SIGTERM to process 1 only: both stop after update 7, and step 7 is saved.
+    assert one["stopped"] is None and one["saved"] == [10]
+    assert results[0]["stopped"] == [7, None]
+    assert results[1]["stopped"] == [7, int(signal.SIGTERM)]
+    assert results[0]["saved"] == results[1]["saved"] == [7]
 
 
 def test_initialize_reads_the_environment():
@@ -241,5 +306,7 @@ def test_scaling_benchmark_runs(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     record = json.loads((tmp_path / "scaling.json").read_text())
     assert [r["devices"] for r in record["rows"]] == [2]
-    assert set(record["rows"][0]["results"]) == {"data", "seeds"}
+    results = record["rows"][0]["results"]
+    assert set(results) == {"data", "sharded", "seeds"}
+    assert results["sharded"]["state_bytes_per_device"] < results["data"]["state_bytes_per_device"]
     assert "| 2 | seeds | 2 x 4 |" in (tmp_path / "scaling.md").read_text()

@@ -1,5 +1,8 @@
 """Data-parallel training of a small LSTM for 5 updates; prints the losses as JSON.
 
+Then ``rnnjax.train.fit`` on to update 10, where process 1 alone receives SIGTERM after
+update 7 (one process: nobody does, and it runs to 10).
+
 Run by tests/test_distributed.py once as one process and once as two processes on
 loopback (``JAX_COORDINATOR_ADDRESS`` etc.), which join through
 ``rnnjax.distributed.initialize`` before any other JAX call.
@@ -40,11 +43,44 @@ for i in range(5):
     batch = jax.device_get(task.sample(jax.random.key(100 + i), 16))
     state, m = par(state, batch)
     losses.append(float(np.asarray(m["loss"])))
+# A signal reaching one process only: process 1 signals itself after update 2. Every
+# process must stop after that same update and save it, not wait on the others.
+import os  # noqa: E402
+import signal  # noqa: E402
+import tempfile  # noqa: E402
+
+from rnnjax.checkpoint import Checkpointer  # noqa: E402
+
+
+def signal_process_1(done, metrics, state):
+    if done == 7 and jax.process_index() == 1:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+ckpt_dir = os.environ.get("CKPT_DIR") or tempfile.mkdtemp()
+ckpt = Checkpointer(ckpt_dir)
+try:
+    tr.fit(
+        state,
+        par,
+        lambda i: jax.device_get(task.sample(jax.random.key(100 + i), 16)),
+        num_steps=10,
+        checkpointer=ckpt,
+        on_step=signal_process_1,
+        progress=False,
+    )
+    stopped = None
+except tr.TrainingInterrupted as err:
+    stopped = [err.step, err.signum]
+saved = ckpt.steps()
+ckpt.close()
 record = {
     "joined": joined,
     "process": jax.process_index(),
     "processes": jax.process_count(),
     "devices": len(jax.devices()),
     "losses": losses,
+    "stopped": stopped,
+    "saved": saved,
 }
 print(json.dumps(record))
