@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rnnjax import fused
 from rnnjax.cells.base import Array, Cell, PyTree, check_carry
 
 
@@ -44,6 +45,7 @@ def scan(
     time_major: bool = False,
     perturbation: Perturbation | None = None,
     return_carries: bool = False,
+    vjp: str = "auto",
 ) -> tuple[PyTree, Array]:
     """Run ``cell`` over the time axis of ``xs``.
 
@@ -68,6 +70,14 @@ def scan(
       perturbation: a :class:`Perturbation` of zeros, for gradient-flow diagnostics.
       return_carries: return every step's carry (padded steps hold the last valid
         one) in place of ``ys``, with the time axis where ``ys`` would have it.
+      vjp: how reverse-mode gradients are formed. ``"fused"``: the backward loop keeps
+        only ``dh W_h^T`` and ``dW_h`` is one matmul after it (:mod:`rnnjax.fused`;
+        needs ``cell.recur_z``, one dtype, ``unroll=1``, no ``perturbation`` or
+        ``return_carries``; no forward-mode ``jax.jvp``). ``"autodiff"``: JAX
+        differentiates the loop step by step. ``"auto"`` (default): ``"fused"`` for the
+        gated cells (LSTM, GRU) where it applies, else ``"autodiff"`` (for the Elman
+        cell JAX's own loop measured as fast or faster; ``benchmarks/run.py``). Both
+        give the same numbers up to rounding.
 
     Returns:
       ``(final_carry, ys)`` with ``ys`` ``[*batch, T, H]`` (or ``[T, *batch, H]``).
@@ -104,6 +114,18 @@ def scan(
         steps = jnp.arange(num_steps).reshape((num_steps,) + (1,) * len(batch_shape))
         mask = steps < lengths  # [T, *batch]
 
+    if vjp not in VJPS:
+        raise ValueError(f"vjp must be one of {VJPS}; got {vjp!r}.")
+    blockers = _fused_blockers(cell, params, xp, carry, unroll, perturbation, return_carries)
+    if vjp == "fused" and blockers:
+        raise ValueError(f"vjp='fused' does not apply here: {'; '.join(blockers)}.")
+    gated = cell.gates is not None
+    if (vjp == "fused" or (vjp == "auto" and gated)) and not blockers:
+        final_carry, ys = fused.fused_scan(cell, reverse, params, xp, carry, mask)
+        if not time_major:
+            ys = jnp.moveaxis(ys, 0, len(batch_shape))
+        return final_carry, ys
+
     eps_carry, eps_params = perturbation if perturbation is not None else (None, None)
     if eps_carry is not None:
         want = jax.tree.map(lambda c: (num_steps,) + jnp.shape(c), carry)
@@ -135,6 +157,29 @@ def scan(
     if not time_major:
         ys = jax.tree.map(lambda a: jnp.moveaxis(a, 0, len(batch_shape)), ys)
     return final_carry, ys
+
+
+VJPS = ("auto", "fused", "autodiff")
+
+
+def _fused_blockers(cell, params, xp, carry, unroll, perturbation, return_carries) -> list[str]:
+    reasons = []
+    if not fused.supports(cell):
+        reasons.append(f"the {cell.name} cell has no recur_z")
+    elif not hasattr(params, "w_h"):
+        reasons.append("params have no w_h")
+    if perturbation is not None:
+        reasons.append("a perturbation is given")
+    if return_carries:
+        reasons.append("return_carries=True")
+    if unroll not in (1, False):
+        reasons.append(f"unroll={unroll!r}")
+    dtypes = {jnp.result_type(a) for a in jax.tree.leaves((xp, carry))}
+    if hasattr(params, "w_h"):
+        dtypes.add(jnp.result_type(params.w_h))
+    if len(dtypes) > 1:
+        reasons.append(f"mixed dtypes {sorted(map(str, dtypes))}")
+    return reasons
 
 
 def _check_lengths(lengths, batch_shape: tuple[int, ...], num_steps: int) -> Array:

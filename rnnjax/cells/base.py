@@ -41,6 +41,10 @@ class Cell(NamedTuple):
       gates: ``gates(params, carry, xp_t) -> dict`` of gate activations
         ``[*batch, H]`` for one step (e.g. ``"forget"``), or ``None`` for an ungated
         cell; ``recur`` is built on it, so diagnostics read the very same values.
+      recur_z: ``recur_z(params, carry, xp_t, z_t) -> (carry, y)``, ``recur`` given its
+        one recurrent matmul ``z_t = output(carry) @ params.w_h`` from outside (and
+        reading no ``w_x`` / ``w_h``), or ``None``. With it, :mod:`rnnjax.fused` forms
+        the recurrent weight gradient as one matmul after the backward loop.
     """
 
     init: Callable[..., PyTree]
@@ -52,6 +56,7 @@ class Cell(NamedTuple):
     name: str
     output: Callable[[PyTree], Array]
     gates: Callable[..., dict] | None
+    recur_z: Callable[..., tuple[PyTree, Array]] | None = None
 
 
 def gate_init(

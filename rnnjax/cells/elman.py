@@ -99,7 +99,10 @@ def elman(
 
     def recur(params: ElmanParams, h: Array, xp: Array) -> tuple[Array, Array]:
         dt = compute_dtype(_dtype, xp, params.w_h)
-        h_new = phi(xp.astype(dt) + h.astype(dt) @ params.w_h.astype(dt)).astype(h.dtype)
+        return recur_z(params, h, xp.astype(dt), h.astype(dt) @ params.w_h.astype(dt))
+
+    def recur_z(params: ElmanParams, h: Array, xp: Array, z: Array) -> tuple[Array, Array]:
+        h_new = phi(xp + z).astype(h.dtype)
         return h_new, h_new
 
     def step(params: ElmanParams, h: Array, x: Array) -> tuple[Array, Array]:
@@ -115,4 +118,5 @@ def elman(
         name="elman",
         output=lambda h: h,
         gates=None,
+        recur_z=recur_z,
     )

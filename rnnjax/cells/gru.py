@@ -93,28 +93,39 @@ def gru(
         z = xs.astype(dt) @ params.w_x.astype(dt) + params.b_x.astype(dt)
         return tuple(jnp.split(z, NUM_GATES, axis=-1))
 
+    def gates_a(xp, a) -> dict[str, Array]:
+        # a = h W_h + b_h, the recurrent pre-activations (reset-after form).
+        (x_r, x_z, x_n), (a_r, a_z, a_n) = xp, jnp.split(a, NUM_GATES, axis=-1)
+        r = jax.nn.sigmoid(x_r + a_r)
+        return {
+            "reset": r,
+            "update": jax.nn.sigmoid(x_z + a_z),
+            "candidate": jnp.tanh(x_n + r * a_n),
+        }
+
     def gates(params: GRUParams, h: Array, xp) -> dict[str, Array]:
         x_r, x_z, x_n = xp
         dt = compute_dtype(_dtype, x_r, params.w_h)
         h_in = h.astype(dt)
         w_h, b_h = params.w_h.astype(dt), params.b_h.astype(dt)
         if reset_after:
-            a_r, a_z, a_n = jnp.split(h_in @ w_h + b_h, NUM_GATES, axis=-1)
-            r = jax.nn.sigmoid(x_r + a_r)
-            z = jax.nn.sigmoid(x_z + a_z)
-            n = jnp.tanh(x_n + r * a_n)
-        else:
-            a_r, a_z = jnp.split(h_in @ w_h[:, : 2 * H] + b_h[: 2 * H], 2, axis=-1)
-            r = jax.nn.sigmoid(x_r + a_r)
-            z = jax.nn.sigmoid(x_z + a_z)
-            n = jnp.tanh(x_n + (r * h_in) @ w_h[:, 2 * H :] + b_h[2 * H :])
+            return gates_a(xp, h_in @ w_h + b_h)
+        a_r, a_z = jnp.split(h_in @ w_h[:, : 2 * H] + b_h[: 2 * H], 2, axis=-1)
+        r = jax.nn.sigmoid(x_r + a_r)
+        z = jax.nn.sigmoid(x_z + a_z)
+        n = jnp.tanh(x_n + (r * h_in) @ w_h[:, 2 * H :] + b_h[2 * H :])
         return {"reset": r, "update": z, "candidate": n}
 
-    def recur(params: GRUParams, h: Array, xp) -> tuple[Array, Array]:
-        a = gates(params, h, xp)
+    def update(h: Array, a: dict[str, Array]) -> tuple[Array, Array]:
         z = a["update"]
         h_new = ((1.0 - z) * a["candidate"] + z * h.astype(z.dtype)).astype(h.dtype)
         return h_new, h_new
+
+    def recur(params: GRUParams, h: Array, xp) -> tuple[Array, Array]:
+        return update(h, gates(params, h, xp))
+
+    def recur_z(params: GRUParams, h: Array, xp, z: Array) -> tuple[Array, Array]:
+        return update(h, gates_a(xp, z + params.b_h.astype(z.dtype)))
 
     def step(params: GRUParams, h: Array, x: Array) -> tuple[Array, Array]:
         return recur(params, h, project(params, x))
@@ -129,4 +140,5 @@ def gru(
         name="gru",
         output=lambda h: h,
         gates=gates,
+        recur_z=recur_z if reset_after else None,  # reset-before has r inside the matmul
     )

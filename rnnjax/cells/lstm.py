@@ -96,10 +96,9 @@ def lstm(
         z = xs.astype(dt) @ params.w_x.astype(dt) + params.b.astype(dt)
         return tuple(jnp.split(z, NUM_GATES, axis=-1))
 
-    def gates(params: LSTMParams, carry: LSTMCarry, xp) -> dict[str, Array]:
+    def gates_z(xp, z) -> dict[str, Array]:
         x_i, x_f, x_g, x_o = xp
-        dt = compute_dtype(_dtype, x_i, params.w_h)
-        z_i, z_f, z_g, z_o = jnp.split(carry.h.astype(dt) @ params.w_h.astype(dt), NUM_GATES, -1)
+        z_i, z_f, z_g, z_o = jnp.split(z, NUM_GATES, -1)
         return {
             "input": jax.nn.sigmoid(x_i + z_i),
             "forget": jax.nn.sigmoid(x_f + z_f),
@@ -107,12 +106,21 @@ def lstm(
             "output": jax.nn.sigmoid(x_o + z_o),
         }
 
-    def recur(params: LSTMParams, carry: LSTMCarry, xp) -> tuple[LSTMCarry, Array]:
-        a = gates(params, carry, xp)
+    def gates(params: LSTMParams, carry: LSTMCarry, xp) -> dict[str, Array]:
+        dt = compute_dtype(_dtype, xp[0], params.w_h)
+        return gates_z(xp, carry.h.astype(dt) @ params.w_h.astype(dt))
+
+    def update(carry: LSTMCarry, a: dict[str, Array]) -> tuple[LSTMCarry, Array]:
         c_new = a["forget"] * carry.c.astype(a["forget"].dtype) + a["input"] * a["candidate"]
         h_new = a["output"] * jnp.tanh(c_new)
         new = LSTMCarry(h=h_new.astype(carry.h.dtype), c=c_new.astype(carry.c.dtype))
         return new, new.h
+
+    def recur(params: LSTMParams, carry: LSTMCarry, xp) -> tuple[LSTMCarry, Array]:
+        return update(carry, gates(params, carry, xp))
+
+    def recur_z(params: LSTMParams, carry: LSTMCarry, xp, z) -> tuple[LSTMCarry, Array]:
+        return update(carry, gates_z(xp, z))
 
     def step(params: LSTMParams, carry: LSTMCarry, x: Array) -> tuple[LSTMCarry, Array]:
         return recur(params, carry, project(params, x))
@@ -127,6 +135,7 @@ def lstm(
         name="lstm",
         output=lambda carry: carry.h,
         gates=gates,
+        recur_z=recur_z,
     )
 
 

@@ -1,0 +1,252 @@
+"""``benchmark.md`` and the figures, from the record ``benchmarks/run.py`` writes.
+
+python benchmarks/report.py results/benchmarks/benchmark.json   # rewrite md + plots
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+MODES = {
+    "train": "Training step (forward over the whole sequence, loss, backward for all weights)",
+    "infer": "Inference (forward only)",
+}
+
+
+def _mib(b) -> str:
+    return "–" if b is None else f"{b / 2**20:.1f}"
+
+
+def _memory(m: dict) -> str:
+    parts = []
+    if m.get("xla_program_bytes") is not None:
+        parts.append(f"XLA {_mib(m['xla_program_bytes'])}")
+    if m.get("rss_growth_bytes") is not None:
+        parts.append(f"RSS +{_mib(m['rss_growth_bytes'])}")
+    if m.get("torch_cuda_peak_bytes") is not None:
+        parts.append(f"CUDA {_mib(m['torch_cuda_peak_bytes'])}")
+    return ", ".join(parts) or "–"
+
+
+def _shape(s: dict) -> str:
+    return f"{s['batch']}, {s['steps']}, {s['inputs']}, {s['hidden']}"
+
+
+def tables(record: dict) -> list[str]:
+    lines = []
+    for mode, title in MODES.items():
+        rows = [r for r in record["rows"] if r["mode"] == mode]
+        if not rows:
+            continue
+        lines += [
+            f"## {title}",
+            "",
+            "| config (B, T, I, H) | cell | backend | median ms (IQR) | min ms | first call s "
+            "| tokens/s | GFLOP/s | % of matmul peak | memory MiB | rnnjax speed-up (IQR) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            order = sorted(r["times"].items(), key=lambda kv: kv[1]["median_s"])
+            for name, t in order:
+                s = r["speedup"].get(name)
+                speed = "–" if s is None else f"{s['median']:.2f}x ({s['q1']:.2f}-{s['q3']:.2f})"
+                lines.append(
+                    f"| {r['config']} ({_shape(r['shape'])}) | {r['cell']} | {name} | "
+                    f"{t['median_s'] * 1e3:.2f} ({t['q1_s'] * 1e3:.2f}-{t['q3_s'] * 1e3:.2f}) | "
+                    f"{t['min_s'] * 1e3:.2f} | {t['compile_and_first_call_s']:.2f} | "
+                    f"{t['tokens_per_s']:,.0f} | {t['gflops']:.1f} | "
+                    f"{100 * t['fraction_of_peak']:.0f}% | {_memory(t['memory'])} | {speed} |"
+                )
+        lines.append("")
+    return lines
+
+
+def targets(record: dict) -> list[str]:
+    goal, goal_peak = (
+        record["targets"]["train_speedup_over_best_peer"],
+        record["targets"]["large_fraction_of_peak"],
+    )
+    lines = [
+        "## Targets",
+        "",
+        f"Training step: rnnjax at least {goal}x faster than the best peer; inference at "
+        f"least as fast (1.00x). Speed-up = the best peer's time / rnnjax's, per round, "
+        "median.",
+        "",
+        "| config | cell | mode | best peer | its median ms | rnnjax ms | speed-up | target "
+        "| met |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in record["rows"]:
+        if "rnnjax" not in r["times"] or not r["speedup"]:
+            continue
+        best = min(r["speedup"], key=lambda n: r["times"][n]["median_s"])
+        s = r["speedup"][best]["median"]
+        target = goal if r["mode"] == "train" else 1.0
+        lines.append(
+            f"| {r['config']} | {r['cell']} | {r['mode']} | {best} | "
+            f"{r['times'][best]['median_s'] * 1e3:.2f} | "
+            f"{r['times']['rnnjax']['median_s'] * 1e3:.2f} | {s:.2f}x | {target:.2f}x | "
+            f"{'yes' if s >= target else 'no'} |"
+        )
+    for r in record["rows"]:
+        if r["config"] == "large" and r["mode"] == "train" and "rnnjax" in r["times"]:
+            f = r["times"]["rnnjax"]["fraction_of_peak"]
+            lines.append(
+                f"\nLarge {r['cell']} training step: rnnjax reaches {100 * f:.0f}% of the "
+                f"measured matmul peak (target {100 * goal_peak:.0f}%: "
+                f"{'met' if f >= goal_peak else 'not met'})."
+            )
+    lines.append("")
+    return lines
+
+
+def sweep_table(record: dict) -> list[str]:
+    if not record.get("sweep"):
+        return []
+    p0 = record["sweep"][0]
+    names = sorted({n for p in record["sweep"] for n in p["backends"]})
+    lines = [
+        f"## Memory against sequence length (LSTM training step, B={p0['batch']}, "
+        f"I={p0['inputs']}, H={p0['hidden']}; MiB)",
+        "",
+        "| T | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for p in record["sweep"]:
+        cells = [_memory(p["backends"][n]) if n in p["backends"] else "–" for n in names]
+        lines.append(f"| {p['steps']} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
+
+
+def gate_table(record: dict) -> list[str]:
+    lines = [
+        "## Correctness gate (run before any timing)",
+        "",
+        "| config | cell | backend | max abs output error | max rel gradient error | passed |",
+        "|---|---|---|---|---|---|",
+    ]
+    for g in record["gates"]:
+        for name, r in g["backends"].items():
+            if "error" in r:
+                lines.append(f"| {g['config']} | {g['cell']} | {name} | {r['error']} | | no |")
+                continue
+            lines.append(
+                f"| {g['config']} | {g['cell']} | {name} | {r['max_abs_output_error']:.1e} | "
+                f"{r['max_rel_grad_error']:.1e} | {'yes' if r['ok'] else 'NO'} |"
+            )
+    if record["skipped"]:
+        lines += ["", "Skipped (not installed, no such cell, or needs a GPU):", ""]
+        lines += [f"- {k}: {v}" for k, v in sorted(record["skipped"].items())]
+    lines.append("")
+    return lines
+
+
+def header(record: dict) -> list[str]:
+    env = record["environment"]
+    v = env["versions"]
+    device = env.get("gpu") or f"{env['cpu']} ({env['cpu_count']} cores)"
+    peak = record["matmul_peak"]
+    lines = [
+        "# rnnjax against Flax, Equinox and PyTorch",
+        "",
+        f"Command: `{record['command']}`.",
+        f"Machine: {device}, JAX backend {env['backend']}; jax {v['jax']}, flax {v['flax']}, "
+        f"equinox {v.get('equinox')}, torch {env.get('torch')} ({env.get('torch_threads')} "
+        f"threads); commit {str(env['git_commit'])[:10]}"
+        f"{' (with uncommitted edits)' if env.get('git_dirty') else ''}.",
+    ]
+    if peak:
+        torch_peak = peak.get("torch_gflops")
+        lines.append(
+            f"Matmul peak measured in the same run: {peak['peak_gflops']:.1f} GFLOP/s "
+            f"({peak['n']}x{peak['n']} float32; JAX {peak['jax_gflops']:.1f}"
+            + (f", PyTorch {torch_peak:.1f}" if torch_peak else "")
+            + ")."
+        )
+    lines += [
+        f"{record['args']['rounds']} interleaved rounds of at least "
+        f"{record['args']['min_sample']} s per backend; float32; FLOPs: 2 G H (I + H) per "
+        "token forward, 3x that for a training step.",
+        "",
+    ]
+    return lines
+
+
+def plot(record: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    modes = [m for m in MODES if any(r["mode"] == m and r["speedup"] for r in record["rows"])]
+    if modes:
+        fig, axes = plt.subplots(1, len(modes), figsize=(7 * len(modes), 4.5), squeeze=False)
+        for ax, mode in zip(axes[0], modes):
+            rows = [r for r in record["rows"] if r["mode"] == mode and r["speedup"]]
+            names = sorted({n for r in rows for n in r["speedup"]})
+            width = 0.8 / max(len(names), 1)
+            for k, name in enumerate(names):
+                xs, ys, lo, hi = [], [], [], []
+                for i, r in enumerate(rows):
+                    s = r["speedup"].get(name)
+                    if s:
+                        xs.append(i + k * width)
+                        ys.append(s["median"])
+                        lo.append(s["median"] - s["q1"])
+                        hi.append(s["q3"] - s["median"])
+                ax.bar(xs, ys, width, yerr=[lo, hi], label=name)
+            ax.axhline(1.0, color="k", lw=1)
+            if mode == "train":
+                goal = record["targets"]["train_speedup_over_best_peer"]
+                ax.axhline(goal, color="r", ls="--", lw=1, label=f"target {goal}x")
+            ax.set_xticks(
+                np.arange(len(rows)) + 0.4 - width / 2,
+                [f"{r['config']}\n{r['cell']}" for r in rows],
+                fontsize=8,
+            )
+            ax.set(
+                title=f"{mode}: rnnjax speed-up over each peer (IQR)", ylabel="t_peer / t_rnnjax"
+            )
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "speedup.png", dpi=110)
+        plt.close(fig)
+    if record.get("sweep"):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        names = sorted({n for p in record["sweep"] for n in p["backends"]})
+        for name in names:
+            for key, style in (("xla_program_bytes", "-o"), ("rss_growth_bytes", "--s")):
+                pts = [
+                    (p["steps"], p["backends"][name].get(key))
+                    for p in record["sweep"]
+                    if name in p["backends"] and p["backends"][name].get(key)
+                ]
+                if pts:
+                    t, b = zip(*pts)
+                    label = f"{name} ({'XLA program' if key.startswith('xla') else 'RSS growth'})"
+                    ax.plot(t, np.array(b) / 2**20, style, label=label)
+        ax.set(xscale="log", yscale="log", xlabel="sequence length T", ylabel="MiB")
+        ax.set_title("LSTM training step: memory against sequence length")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "memory.png", dpi=110)
+        plt.close(fig)
+
+
+def write(record: dict, out: Path) -> None:
+    out = Path(out)
+    text = header(record) + targets(record) + tables(record) + sweep_table(record)
+    text += gate_table(record)
+    (out / "benchmark.md").write_text("\n".join(text))
+    plot(record, out)
+
+
+if __name__ == "__main__":
+    path = Path(sys.argv[1] if len(sys.argv) > 1 else "results/benchmarks/benchmark.json")
+    write(json.loads(path.read_text()), path.parent)
+    print(f"Wrote {path.parent / 'benchmark.md'}")

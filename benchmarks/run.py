@@ -1,0 +1,495 @@
+"""Training-step and inference speed of rnnjax against Flax, Equinox and PyTorch.
+
+    python benchmarks/run.py                                  # the full benchmark
+    python benchmarks/run.py --configs small --cells lstm     # a subset
+    python benchmarks/run.py --configs tiny --rounds 2 --no-sweep --gate_only   # the gate
+
+For every configuration and cell, in one process:
+
+1. **Correctness gate.** Every backend gets the same weights (PyTorch's layout, mapped
+   into each library's parameters) and must reproduce a float64 NumPy run of the cell
+   (outputs to ``--atol``) and the float64 gradients (PyTorch in double precision, or
+   rnnjax's when torch is missing) to ``--grad_rtol`` of each tensor's largest entry.
+   A backend that fails is reported and not timed; the command exits with status 1.
+2. **Timing**, interleaved: each round visits the backends in a fresh random order and
+   times enough calls of each for ``--min_sample`` seconds (``block_until_ready`` /
+   ``cuda.synchronize``); compile (the first call) is timed on its own and excluded.
+   Per backend: the median over ``--rounds`` rounds, the minimum and the interquartile
+   range; rnnjax's speed-up over each peer is the ratio *within each round*, then its
+   median and IQR, which a noisy machine affects far less than two separate medians.
+3. **Derived numbers**: tokens/s (``B*T`` per call); GFLOP/s from the analytic count
+   ``2*G*H*(I+H)`` per token forward (G = 4 LSTM, 3 GRU, 1 RNN) and three times that for
+   a training step; the fraction of the matmul peak measured at the start of the same
+   run (the faster of a JAX and a PyTorch float32 matmul); memory (below).
+4. **Memory**: for XLA backends, the bytes of the compiled program (XLA's buffer
+   assignment: temporaries, arguments, outputs); for every backend, the growth of the
+   process's resident set over one call (``VmHWM`` after the call minus ``VmRSS``
+   before it, with freed memory handed back to the OS first), on the CPU; on a GPU,
+   PyTorch's ``max_memory_allocated``. ``--sweep`` repeats the memory measurement of
+   the LSTM training step for sequence lengths up to 10,000.
+
+Writes ``<out>/benchmark.json`` (every sample, the whole environment, the command),
+``<out>/benchmark.md`` and ``<out>/speedup.png`` (+ ``memory.png`` with ``--sweep``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import peers  # noqa: E402
+
+# (batch, steps, input size, hidden size)
+CONFIGS = {
+    "tiny": (4, 16, 8, 16),  # the gate in CI
+    "small": (32, 256, 32, 128),  # per-step overhead dominates
+    "medium": (64, 128, 256, 256),
+    "large": (64, 100, 512, 512),  # matmul bound
+}
+SWEEP_SHAPE = (16, 64, 128)  # batch, input, hidden of the sequence-length sweep
+TARGET_TRAIN, TARGET_PEAK = 1.25, 0.80
+
+
+def flops_per_call(cell: str, mode: str, batch: int, steps: int, inputs: int, hidden: int):
+    forward = 2 * peers.GATES[cell] * hidden * (inputs + hidden) * batch * steps
+    return forward * (3 if mode == "train" else 1)
+
+
+# ------------------------------------------------------------------------ the gate
+
+
+def gate(cell, impls, w, x, y, atol, grad_rtol) -> dict[str, dict]:
+    """Check every backend against float64 outputs and gradients; returns a report per
+    backend with ``ok`` and the largest deviations."""
+    ref_ys = peers.reference(cell, w, x)
+    ref_loss = 0.5 * float(np.mean((ref_ys - y.astype(np.float64)) ** 2))
+    ref_grads, grad_source = _reference_grads(cell, w, x, y)
+    report = {}
+    results = {}
+    for name, impl in impls.items():
+        try:
+            results[name] = impl.result()
+        except Exception as err:  # noqa: BLE001  (a backend that crashes fails the gate)
+            report[name] = {"ok": False, "error": f"{type(err).__name__}: {err}"[:500]}
+    if ref_grads is None and "rnnjax" in results:
+        ref_grads, grad_source = results["rnnjax"][2], "rnnjax float32"
+    for name, (ys, loss, grads) in results.items():
+        out_err = float(np.max(np.abs(ys - ref_ys)))
+        loss_err = abs(loss - ref_loss) / max(abs(ref_loss), 1e-12)
+        grad_err = max(
+            float(
+                np.max(np.abs(grads[k] - ref_grads[k])) / max(np.max(np.abs(ref_grads[k])), 1e-12)
+            )
+            for k in peers.NAMES
+        )
+        report[name] = {
+            "ok": out_err <= atol and grad_err <= grad_rtol and loss_err <= grad_rtol,
+            "max_abs_output_error": out_err,
+            "loss_rel_error": loss_err,
+            "max_rel_grad_error": grad_err,
+            "grad_reference": grad_source,
+        }
+    return report
+
+
+def _absmax(a) -> float:
+    return float(np.max(np.abs(a)))
+
+
+def _reference_grads(cell, w, x, y):
+    try:
+        import torch
+    except ImportError:
+        return None, None
+    cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell]
+    module = cls(x.shape[-1], w["weight_hh"].shape[1], batch_first=True).double()
+    with torch.no_grad():
+        for k in peers.NAMES:
+            getattr(module, f"{k}_l0").copy_(torch.from_numpy(w[k].astype(np.float64)))
+    ys, _ = module(torch.from_numpy(x.astype(np.float64)))
+    (0.5 * ((ys - torch.from_numpy(y.astype(np.float64))) ** 2).mean()).backward()
+    return {k: getattr(module, f"{k}_l0").grad.numpy() for k in peers.NAMES}, "torch float64"
+
+
+# ------------------------------------------------------------------------ timing
+
+
+def _time_calls(fn, n: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t0) / n
+
+
+def time_interleaved(fns: dict, *, rounds, min_sample, warmup, rng) -> dict[str, dict]:
+    """Compile, warm up, calibrate, then ``rounds`` rounds in random order."""
+    out = {}
+    calls = {}
+    for name, fn in fns.items():
+        t0 = time.perf_counter()
+        fn()
+        compile_s = time.perf_counter() - t0
+        for _ in range(warmup):
+            fn()
+        one = _time_calls(fn, 1)
+        calls[name] = max(1, int(np.ceil(min_sample / max(one, 1e-9))))
+        out[name] = {"compile_and_first_call_s": compile_s, "calls_per_sample": calls[name]}
+        out[name]["samples_s"] = []
+    names = list(fns)
+    for _ in range(rounds):
+        for i in rng.permutation(len(names)):
+            name = names[i]
+            out[name]["samples_s"].append(_time_calls(fns[name], calls[name]))
+    for r in out.values():
+        t = np.array(r["samples_s"])
+        q1, med, q3 = np.percentile(t, [25, 50, 75])
+        r.update(median_s=float(med), min_s=float(t.min()), q1_s=float(q1), q3_s=float(q3))
+    return out
+
+
+def speedups(times: dict[str, dict], ours: str = "rnnjax") -> dict[str, dict]:
+    """rnnjax's speed-up over each peer: ``t_peer / t_rnnjax`` per round, summarised."""
+    if ours not in times:
+        return {}
+    mine = np.array(times[ours]["samples_s"])
+    out = {}
+    for name, r in times.items():
+        if name == ours:
+            continue
+        ratio = np.array(r["samples_s"]) / mine
+        q1, med, q3 = np.percentile(ratio, [25, 50, 75])
+        out[name] = {"median": float(med), "q1": float(q1), "q3": float(q3)}
+    return out
+
+
+# ------------------------------------------------------------------------ memory
+
+
+_LIBC = None
+
+
+def _trim() -> None:
+    global _LIBC
+    gc.collect()
+    try:
+        _LIBC = _LIBC or ctypes.CDLL("libc.so.6")
+        _LIBC.malloc_trim(0)
+    except OSError:
+        pass
+
+
+def _status(field: str) -> int | None:
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    m = re.search(rf"^{field}:\s+(\d+) kB", text, re.M)
+    return int(m.group(1)) * 1024 if m else None
+
+
+def rss_growth(fn) -> int | None:
+    """Peak resident-set growth over one call of ``fn`` (Linux), after a warm call."""
+    if not Path("/proc/self/clear_refs").exists():
+        return None
+    _trim()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    except OSError:
+        return None
+    before = _status("VmRSS")
+    fn()
+    peak = _status("VmHWM")
+    return None if before is None or peak is None else max(peak - before, 0)
+
+
+def torch_gpu_peak(fn) -> int | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    return int(torch.cuda.max_memory_allocated() - base)
+
+
+def measure_memory(name, impl, mode, gpu: bool) -> dict:
+    fn = impl.train if mode == "train" else impl.infer
+    record = {"xla_program_bytes": impl.memory(mode)}
+    if gpu:
+        record["torch_cuda_peak_bytes"] = torch_gpu_peak(fn) if name == "torch" else None
+    else:
+        record["rss_growth_bytes"] = rss_growth(fn)
+    return record
+
+
+# ------------------------------------------------------------------------ peak
+
+
+def matmul_peak(n: int, repeats: int = 10) -> dict:
+    """GFLOP/s of an ``n x n`` float32 matmul in JAX and in PyTorch (best of repeats)."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    mm = jax.jit(jnp.matmul)
+    jax.block_until_ready(mm(a, b))
+    best = min(_time_calls(lambda: jax.block_until_ready(mm(a, b)), 1) for _ in range(repeats))
+    out = {"n": n, "jax_gflops": 2 * n**3 / best / 1e9}
+    try:
+        import torch
+
+        gpu = jax.default_backend() == "gpu" and torch.cuda.is_available()
+        dev = "cuda" if gpu else "cpu"
+        ta, tb = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
+        sync = torch.cuda.synchronize if gpu else (lambda: None)
+        torch.mm(ta, tb)
+        sync()
+
+        def call():
+            torch.mm(ta, tb)
+            sync()
+
+        best_t = min(_time_calls(call, 1) for _ in range(repeats))
+        out["torch_gflops"] = 2 * n**3 / best_t / 1e9
+    except ImportError:
+        out["torch_gflops"] = None
+    out["peak_gflops"] = max(v for k, v in out.items() if k.endswith("gflops") and v)
+    return out
+
+
+# ------------------------------------------------------------------------ environment
+
+
+def environment() -> dict:
+    import common
+    import jax
+
+    env = common.environment()
+    try:
+        import equinox
+
+        env["versions"]["equinox"] = equinox.__version__
+    except ImportError:
+        env["versions"]["equinox"] = None
+    env.update(peers.torch_info())
+    env["threads"] = {
+        k: os.environ.get(k)
+        for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "XLA_FLAGS", "TF_CPP_MIN_LOG_LEVEL")
+    }
+    env["cpu_flags"] = _cpu_flags()
+    env["machine"] = platform.machine()
+    if jax.default_backend() == "gpu":
+        env["gpu"] = _nvidia_smi()
+    return env
+
+
+def _cpu_flags() -> list[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = line.split(":", 1)[1].split()
+                return sorted(f for f in flags if re.match(r"(avx|fma|sse4|amx|f16c)", f))
+    except OSError:
+        pass
+    return []
+
+
+def _nvidia_smi() -> str | None:
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# ------------------------------------------------------------------------ main
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--configs", default="small,medium,large", help=f"from {sorted(CONFIGS)}")
+    p.add_argument("--cells", default="lstm,gru,rnn")
+    p.add_argument("--backends", default=",".join(peers.BACKENDS))
+    p.add_argument("--modes", default="train,infer")
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--min_sample", type=float, default=0.2, help="seconds per timed sample")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--atol", type=float, default=1e-5, help="gate: outputs vs float64")
+    p.add_argument("--grad_rtol", type=float, default=1e-4, help="gate: grads vs float64")
+    p.add_argument("--sweep", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--sweep_lengths", default="1000,3000,10000")
+    p.add_argument("--peak_n", type=int, default=0, help="matmul size (0: 2048 CPU, 8192 GPU)")
+    p.add_argument("--gate_only", action="store_true", help="check the backends, time nothing")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="results/benchmarks")
+    args = p.parse_args(argv)
+    args.configs = _names(args.configs, CONFIGS, "--configs")
+    args.cells = _names(args.cells, peers.GATES, "--cells")
+    args.backends = _names(args.backends, peers.BACKENDS, "--backends")
+    args.modes = _names(args.modes, ("train", "infer"), "--modes")
+    args.sweep_lengths = [int(t) for t in args.sweep_lengths.split(",") if t]
+    if args.rounds < 2:
+        p.error(f"--rounds must be >= 2 for an interquartile range; got {args.rounds}")
+    return args
+
+
+def _names(text: str, allowed, flag: str) -> list[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [n for n in names if n not in allowed]
+    if bad or not names:
+        raise SystemExit(f"{flag} must be names from {sorted(allowed)}; got {text!r}")
+    return names
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    import jax
+
+    gpu = jax.default_backend() == "gpu"
+    rng = np.random.default_rng(args.seed)
+    command = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    env = environment()
+    peak = None
+    if not args.gate_only:
+        peak = matmul_peak(args.peak_n or (8192 if gpu else 2048))
+        print(f"matmul peak: {peak['peak_gflops']:.1f} GFLOP/s ({peak})", flush=True)
+    rows, skipped, gates, failed = [], {}, [], False
+    for config in args.configs:
+        batch, steps, inputs, hidden = CONFIGS[config]
+        for cell in args.cells:
+            w = peers.weights(cell, inputs, hidden, args.seed)
+            data = np.random.default_rng(args.seed + 1)
+            x = data.standard_normal((batch, steps, inputs)).astype(np.float32)
+            y = data.standard_normal((batch, steps, hidden)).astype(np.float32) * 0.5
+            impls = {}
+            for backend in args.backends:
+                for name, impl in peers.build(backend, cell, w, x, y).items():
+                    if isinstance(impl, peers.Unavailable):
+                        skipped[f"{name}/{cell}"] = str(impl)
+                    else:
+                        impls[name] = impl
+            report = gate(cell, impls, w, x, y, args.atol, args.grad_rtol)
+            gates.append({"config": config, "cell": cell, "backends": report})
+            for name, r in report.items():
+                mark = "ok" if r["ok"] else "FAILED"
+                detail = r.get("error") or (
+                    f"output {r['max_abs_output_error']:.1e}, grads {r['max_rel_grad_error']:.1e}"
+                )
+                print(f"gate {config}/{cell} {name}: {mark} ({detail})", flush=True)
+            failed |= not all(r["ok"] for r in report.values())
+            passing = {n: i for n, i in impls.items() if report[n]["ok"]}
+            if args.gate_only:
+                continue
+            for mode in args.modes:
+                fns = {n: (i.train if mode == "train" else i.infer) for n, i in passing.items()}
+                times = time_interleaved(
+                    fns,
+                    rounds=args.rounds,
+                    min_sample=args.min_sample,
+                    warmup=args.warmup,
+                    rng=rng,
+                )
+                flops = flops_per_call(cell, mode, batch, steps, inputs, hidden)
+                for name, t in times.items():
+                    t["tokens_per_s"] = batch * steps / t["median_s"]
+                    t["gflops"] = flops / t["median_s"] / 1e9
+                    t["fraction_of_peak"] = t["gflops"] / peak["peak_gflops"]
+                    t["memory"] = measure_memory(name, passing[name], mode, gpu)
+                row = {
+                    "config": config,
+                    "shape": {"batch": batch, "steps": steps, "inputs": inputs, "hidden": hidden},
+                    "cell": cell,
+                    "mode": mode,
+                    "flops_per_call": flops,
+                    "times": times,
+                    "speedup": speedups(times),
+                }
+                rows.append(row)
+                print(_row_summary(row), flush=True)
+    sweep = []
+    if args.sweep and not args.gate_only:
+        sweep = memory_sweep(args, gpu)
+    record = {
+        "command": command.strip(),
+        "args": vars(args),
+        "environment": env,
+        "matmul_peak": peak,
+        "gates": gates,
+        "skipped": skipped,
+        "rows": rows,
+        "sweep": sweep,
+        "targets": {
+            "train_speedup_over_best_peer": TARGET_TRAIN,
+            "large_fraction_of_peak": TARGET_PEAK,
+        },
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "benchmark.json").write_text(json.dumps(record, indent=1) + "\n")
+    if not args.gate_only:
+        import report
+
+        report.write(record, out)
+        print((out / "benchmark.md").read_text())
+    print(f"Wrote {out}")
+    if failed:
+        print("Some backends failed the correctness gate (see above).", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _row_summary(row) -> str:
+    parts = []
+    for name, t in sorted(row["times"].items(), key=lambda kv: kv[1]["median_s"]):
+        parts.append(f"{name} {t['median_s'] * 1e3:.1f} ms")
+    return f"{row['config']}/{row['cell']}/{row['mode']}: " + ", ".join(parts)
+
+
+def memory_sweep(args, gpu: bool) -> list[dict]:
+    """Memory of the LSTM training step for each of ``--sweep_lengths``."""
+    batch, inputs, hidden = SWEEP_SHAPE
+    out = []
+    for steps in args.sweep_lengths:
+        w = peers.weights("lstm", inputs, hidden, args.seed)
+        data = np.random.default_rng(args.seed + 1)
+        x = data.standard_normal((batch, steps, inputs)).astype(np.float32)
+        y = data.standard_normal((batch, steps, hidden)).astype(np.float32) * 0.5
+        point = {"steps": steps, "batch": batch, "inputs": inputs, "hidden": hidden, "backends": {}}
+        for backend in args.backends:
+            for name, impl in peers.build(backend, "lstm", w, x, y).items():
+                if isinstance(impl, peers.Unavailable):
+                    continue
+                impl.train()  # compile and warm up
+                point["backends"][name] = measure_memory(name, impl, "train", gpu)
+                del impl
+                _trim()
+        print(f"sweep T={steps}: {point['backends']}", flush=True)
+        out.append(point)
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""benchmarks/run.py: the correctness gate (all backends compute the same function),
+its teeth, the statistics, and the report, at a tiny size. Speed itself is measured by
+the benchmark, never asserted here."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load(name):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    sys.path.insert(0, str(ROOT / "experiments"))
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _data(cell, batch=3, steps=7, inputs=5, hidden=6, seed=0):
+    peers = load("peers")
+    w = peers.weights(cell, inputs, hidden, seed)
+    rng = np.random.default_rng(seed + 1)
+    x = rng.standard_normal((batch, steps, inputs)).astype(np.float32)
+    y = rng.standard_normal((batch, steps, hidden)).astype(np.float32)
+    return peers, w, x, y
+
+
+EXPECTED = {
+    "lstm": {"rnnjax", "flax/OptimizedLSTMCell", "flax/LSTMCell", "equinox", "torch"},
+    "gru": {"rnnjax", "flax/GRUCell", "equinox", "torch"},
+    "rnn": {"rnnjax", "flax/SimpleCell", "torch"},
+}
+
+
+def test_gate_every_backend_computes_the_same_function(tmp_path):
+    """The gate of a real run (tiny configuration, all cells): every installed peer maps
+    the weights right, forward and backward, against float64 NumPy and float64 torch."""
+    pytest.importorskip("torch")
+    pytest.importorskip("equinox")
+    run = load("run")
+    assert run.main(["--configs", "tiny", "--gate_only", "--out", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "benchmark.json").read_text())
+    for g in record["gates"]:
+        assert set(g["backends"]) == EXPECTED[g["cell"]]
+        for name, r in g["backends"].items():
+            assert r["ok"], (g["cell"], name, r)
+            assert r["max_abs_output_error"] < 1e-5 and r["grad_reference"] == "torch float64"
+    assert "Equinox has no Elman" in record["skipped"]["equinox/rnn"]
+    assert "jax.experimental.rnn (cuDNN)/lstm" in record["skipped"]  # a CPU machine
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_gate_rejects_a_wrong_mapping(cell):
+    """Two gate blocks swapped (or, for the RNN, one weight nudged) in what one backend
+    receives: the gate must fail it and pass the others."""
+    peers, w, x, y = _data(cell)
+    run = load("run")
+    bad = dict(w)
+    if cell == "rnn":
+        bad["weight_hh"] = w["weight_hh"] + 1e-3 * np.eye(*w["weight_hh"].shape, dtype=np.float32)
+    else:
+        blocks = np.split(w["weight_ih"], peers.GATES[cell])
+        blocks[0], blocks[1] = blocks[1], blocks[0]
+        bad["weight_ih"] = np.concatenate(blocks)
+    impls = {
+        "rnnjax": peers.rnnjax_impl(cell, w, x, y),
+        "broken": peers.rnnjax_impl(cell, bad, x, y),
+    }
+    report = run.gate(cell, impls, w, x, y, atol=1e-5, grad_rtol=1e-4)
+    assert report["rnnjax"]["ok"]
+    assert not report["broken"]["ok"]
+    assert report["broken"]["max_abs_output_error"] > 1e-5
+
+
+def test_reference_agrees_with_torch_float64():
+    """The gate's NumPy yardstick and PyTorch in double precision: two routes."""
+    torch = pytest.importorskip("torch")
+    for cell, cls in (("lstm", torch.nn.LSTM), ("gru", torch.nn.GRU), ("rnn", torch.nn.RNN)):
+        peers, w, x, _ = _data(cell)
+        module = cls(x.shape[-1], w["weight_hh"].shape[1], batch_first=True).double()
+        with torch.no_grad():
+            for k in peers.NAMES:
+                getattr(module, f"{k}_l0").copy_(torch.from_numpy(w[k].astype(np.float64)))
+        ys = module(torch.from_numpy(x.astype(np.float64)))[0].detach().numpy()
+        np.testing.assert_allclose(peers.reference(cell, w, x), ys, rtol=1e-12, atol=1e-12)
+
+
+def test_speedups_are_per_round_ratios():
+    run = load("run")
+    times = {
+        "rnnjax": {"samples_s": [1.0, 2.0, 1.0, 4.0]},
+        "peer": {"samples_s": [2.0, 2.0, 3.0, 4.0]},
+    }
+    s = run.speedups(times)["peer"]
+    ratios = np.array([2.0, 1.0, 3.0, 1.0])  # by hand, round by round
+    assert s["median"] == pytest.approx(np.median(ratios))
+    assert (s["q1"], s["q3"]) == pytest.approx(tuple(np.percentile(ratios, [25, 75])))
+    # Not the ratio of the medians (2.5 / 1.5), which a noisy round would skew.
+    assert s["median"] != pytest.approx(2.5 / 1.5)
+
+
+def test_interleaved_timing_visits_every_backend_every_round():
+    run = load("run")
+    calls = {"a": 0, "b": 0}
+    fns = {k: (lambda k=k: calls.__setitem__(k, calls[k] + 1)) for k in calls}
+    out = run.time_interleaved(
+        fns, rounds=5, min_sample=0.0, warmup=2, rng=np.random.default_rng(0)
+    )
+    for k, r in out.items():
+        assert len(r["samples_s"]) == 5 and r["calls_per_sample"] == 1
+        assert calls[k] == 1 + 2 + 1 + 5  # compile, warm-up, calibration, rounds
+        assert r["q1_s"] <= r["median_s"] <= r["q3_s"] and r["min_s"] <= r["median_s"]
+
+
+def test_flop_count_matches_the_matmul_shapes():
+    run = load("run")
+    # LSTM forward: per token x [I] @ W_x [I, 4H] and h [H] @ W_h [H, 4H], 2 FLOPs per MAC.
+    b, t, i, h = 3, 5, 7, 11
+    assert run.flops_per_call("lstm", "infer", b, t, i, h) == b * t * 2 * (i * 4 * h + h * 4 * h)
+    assert run.flops_per_call("gru", "train", b, t, i, h) == 3 * b * t * 2 * 3 * h * (i + h)
+
+
+@pytest.mark.slow
+def test_a_tiny_benchmark_writes_tables_plots_and_targets(tmp_path):
+    pytest.importorskip("torch")
+    run = load("run")
+    argv = [
+        "--configs", "tiny", "--cells", "gru", "--backends", "rnnjax,torch",
+        "--rounds", "3", "--min_sample", "0.001", "--warmup", "1", "--peak_n", "64",
+        "--sweep_lengths", "20,40", "--out", str(tmp_path),
+    ]  # fmt: skip
+    assert run.main(argv) == 0
+    record = json.loads((tmp_path / "benchmark.json").read_text())
+    assert [(r["cell"], r["mode"]) for r in record["rows"]] == [("gru", "train"), ("gru", "infer")]
+    for r in record["rows"]:
+        assert set(r["times"]) == {"rnnjax", "torch"}
+        t = r["times"]["torch"]
+        ratio = np.median(np.array(t["samples_s"]) / np.array(r["times"]["rnnjax"]["samples_s"]))
+        assert r["speedup"]["torch"]["median"] == pytest.approx(ratio)
+        assert t["gflops"] == pytest.approx(r["flops_per_call"] / t["median_s"] / 1e9)
+        assert r["times"]["rnnjax"]["memory"]["xla_program_bytes"] > 0
+    assert [p["steps"] for p in record["sweep"]] == [20, 40]
+    md = (tmp_path / "benchmark.md").read_text()
+    assert "| tiny | gru | train | torch |" in md and "## Correctness gate" in md
+    assert record["environment"]["torch_threads"] >= 1
+    for name in ("speedup.png", "memory.png"):
+        assert (tmp_path / name).stat().st_size > 0
+
+
+def test_bad_flags_name_the_flag():
+    run = load("run")
+    with pytest.raises(SystemExit, match="--cells must be names from"):
+        run.parse(["--cells", "lstm,transformer"])
+    with pytest.raises(SystemExit, match="--configs must be names from"):
+        run.parse(["--configs", "huge"])

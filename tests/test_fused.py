@@ -1,0 +1,121 @@
+"""The fused backward pass (rnnjax.fused) against JAX's own differentiation of the loop."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rnnjax
+
+CELLS = {
+    "lstm": lambda h: rnnjax.lstm(h),
+    "gru": lambda h: rnnjax.gru(h),
+    "rnn_tanh": lambda h: rnnjax.elman(h),
+    "rnn_relu": lambda h: rnnjax.elman(h, activation="relu"),
+}
+
+
+def _problem(name, batch=(3,), steps=7, inputs=4, hidden=5, seed=0):
+    cell = CELLS[name](hidden)
+    k = jax.random.split(jax.random.key(seed), 6)
+    params = cell.init(k[0], inputs)
+    # Nonzero biases everywhere (zero-initialised ones would hide a wrong bias gradient).
+    keys = jax.tree.unflatten(jax.tree.structure(params), list(jax.random.split(k[1], len(params))))
+    params = jax.tree.map(lambda p, kk: p + 0.3 * jax.random.normal(kk, p.shape), params, keys)
+    xs = jax.random.normal(k[2], (*batch, steps, inputs))
+    carry = jax.tree.map(
+        lambda c: 0.5 * jax.random.normal(k[3], c.shape), cell.initial_carry(batch)
+    )
+    w_y = jax.random.normal(k[4], (*batch, steps, hidden))
+    w_c = jax.tree.map(lambda c: jax.random.normal(k[5], c.shape), carry)
+    lengths = jax.random.randint(k[5], batch, 0, steps + 1)
+    return cell, params, xs, carry, w_y, w_c, lengths
+
+
+def _loss(cell, vjp, lengths, reverse, w_y, w_c):
+    def f(params, xs, carry):
+        final, ys = rnnjax.scan(cell, params, xs, carry, lengths=lengths, reverse=reverse, vjp=vjp)
+        tail = sum(jnp.sum(a * b) for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(w_c)))
+        return jnp.sum(jnp.tanh(ys) * w_y) + tail
+
+    return f
+
+
+@pytest.mark.parametrize("name", sorted(CELLS))
+@pytest.mark.parametrize("with_lengths", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_fused_equals_autodiff_in_outputs_and_gradients(name, with_lengths, reverse):
+    cell, params, xs, carry, w_y, w_c, lengths = _problem(name)
+    lengths = lengths if with_lengths else None
+    outs = {
+        v: rnnjax.scan(cell, params, xs, carry, lengths=lengths, reverse=reverse, vjp=v)
+        for v in ("fused", "autodiff")
+    }
+    for a, b in zip(jax.tree.leaves(outs["fused"]), jax.tree.leaves(outs["autodiff"])):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    grads = {
+        v: jax.grad(_loss(cell, v, lengths, reverse, w_y, w_c), argnums=(0, 1, 2))(
+            params, xs, carry
+        )
+        for v in ("fused", "autodiff")
+    }
+    for a, b in zip(jax.tree.leaves(grads["fused"]), jax.tree.leaves(grads["autodiff"])):
+        assert float(jnp.max(jnp.abs(b))) > 0  # every gradient is exercised
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+
+
+def test_fused_under_jit_vmap_and_two_batch_dims():
+    cell, params, xs, carry, w_y, w_c, lengths = _problem("lstm", batch=(2, 3))
+    for v in ("fused", "autodiff"):
+        f = jax.jit(jax.grad(_loss(cell, v, lengths, False, w_y, w_c)))
+        if v == "fused":
+            got = f(params, xs, carry)
+        else:
+            want = f(params, xs, carry)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+
+    # vmap over seeds of params: the same as a loop over them.
+    stacked = jax.tree.map(lambda p: jnp.stack([p, 1.1 * p]), params)
+    f = _loss(cell, "fused", lengths, False, w_y, w_c)
+    vm = jax.vmap(jax.grad(f), in_axes=(0, None, None))(stacked, xs, carry)
+    for i in range(2):
+        one = jax.grad(f)(jax.tree.map(lambda p: p[i], stacked), xs, carry)
+        for a, b in zip(jax.tree.leaves(vm), jax.tree.leaves(one)):
+            np.testing.assert_allclose(a[i], b, rtol=2e-5, atol=2e-6)
+
+
+def test_second_order_gradients_agree():
+    """Reverse over reverse (e.g. a gradient penalty) through the fused backward."""
+    cell, params, xs, carry, w_y, w_c, _ = _problem("gru")
+
+    def penalty(v):
+        f = _loss(cell, v, None, False, w_y, w_c)
+        return lambda p: sum(jnp.sum(g**2) for g in jax.tree.leaves(jax.grad(f)(p, xs, carry)))
+
+    got = jax.grad(penalty("fused"))(params)
+    want = jax.grad(penalty("autodiff"))(params)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_auto_picks_fused_only_where_it_applies():
+    cell, params, xs, *_ = _problem("lstm")
+    jaxpr = str(jax.make_jaxpr(lambda p: rnnjax.scan(cell, p, xs))(params))
+    assert "custom_vjp_call" in jaxpr
+    jaxpr = str(jax.make_jaxpr(lambda p: rnnjax.scan(cell, p, xs, unroll=2))(params))
+    assert "custom_vjp_call" not in jaxpr  # unrolled: the plain loop
+    elman = rnnjax.elman(5)
+    p = elman.init(jax.random.key(0), 4)
+    assert "custom_vjp_call" not in str(jax.make_jaxpr(lambda p: rnnjax.scan(elman, p, xs))(p))
+    jaxpr = str(jax.make_jaxpr(lambda p: rnnjax.scan(elman, p, xs, vjp="fused"))(p))
+    assert "custom_vjp_call" in jaxpr  # on request
+    before = rnnjax.gru(5, reset_after=False)
+    p = before.init(jax.random.key(0), 4)
+    assert "custom_vjp_call" not in str(jax.make_jaxpr(lambda p: rnnjax.scan(before, p, xs))(p))
+    with pytest.raises(ValueError, match="vjp='fused' does not apply here: the gru cell has no"):
+        rnnjax.scan(before, p, xs, vjp="fused")
+    with pytest.raises(ValueError, match="return_carries=True"):
+        rnnjax.scan(cell, params, xs, vjp="fused", return_carries=True)
+    with pytest.raises(ValueError, match="vjp must be one of"):
+        rnnjax.scan(cell, params, xs, vjp="cudnn")
