@@ -239,10 +239,15 @@ def plot(record: dict, out: Path) -> None:
 
 
 def write(record: dict, out: Path) -> None:
+    """``benchmark.md`` (everything), ``summary.md`` (the header and the targets, which
+    the README embeds) and the figures."""
     out = Path(out)
     text = header(record) + targets(record) + tables(record) + sweep_table(record)
     text += gate_table(record)
     (out / "benchmark.md").write_text("\n".join(text))
+    summary = header(record) + targets(record)[2:]  # without the "## Targets" heading
+    summary.append("All timings, memory and the gate: [benchmark.md](benchmark.md).\n")
+    (out / "summary.md").write_text("\n".join(summary))
     plot(record, out)
 
 

@@ -8,8 +8,8 @@ gradient, ``h_{t-1}^T dz_t``, a small ``[H, B] x [B, G*H]`` matmul added into a
 
     dW_h = sum_t h_{t-1}^T dz_t = H_prev^T dZ      (one [H, T*B] x [T*B, G*H] matmul)
 
-as cuDNN does. The gradient of the input projection (``dW_x = X^T dXP``) is already one
-large matmul outside the loop, since :func:`rnnjax.scan` hoists the projection.
+as cuDNN does. The input projection's gradients (``dW_x = X^T dXP``, ``dX = dXP W_x^T``)
+are one matmul each after the loop too, wherever the forward ran the projection.
 
 It needs the cell's recurrence split at its one recurrent matmul, ``z_t = h_{t-1} W_h``
 (``cell.recur_z``, with ``params.w_h`` and ``cell.output(carry) = h``); cells without it
@@ -52,39 +52,46 @@ def _matmul(h, w_h):
     return h.astype(w_h.dtype) @ w_h
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def fused_scan(cell: Cell, reverse: bool, params, xp, carry: PyTree, mask):
-    """``lax.scan`` of the cell over time-major ``xp`` (its projection), like the plain
-    driver's loop: ``(final_carry, ys)``, ``ys`` ``[T, *batch, H]``. ``mask [T, *batch]``
-    or ``None`` marks valid steps."""
-    out, _ = _forward(cell, reverse, params, xp, carry, mask)
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def fused_scan(cell: Cell, reverse: bool, in_loop: bool, params, xs, carry: PyTree, mask):
+    """The driver's loop over time-major inputs ``xs [T, *batch, I]``: ``(final_carry,
+    ys)`` with ``ys [T, *batch, H]``. ``in_loop``: project each step's input inside the
+    loop (else all steps in one matmul before it). ``mask [T, *batch]`` or ``None``
+    marks valid steps."""
+    out, _ = _forward(cell, reverse, in_loop, params, xs, carry, mask)
     return out
 
 
-def _forward(cell, reverse, params, xp, carry, mask):
+def _forward(cell, reverse, in_loop, params, xs, carry, mask):
     small = _pointwise_params(params)
 
     def body(carry, inputs):
         xp_t, valid = inputs
+        if in_loop:
+            xp_t = cell.project(params, xp_t)
         h = cell.output(carry)
         z = _matmul(h, params.w_h)
         new, y = _step(cell, params, small, carry, xp_t, z, valid)
         return new, (y, carry, z)
 
+    xp = xs if in_loop else cell.project(params, xs)
     final, (ys, carries, zs) = jax.lax.scan(body, carry, (xp, mask), reverse=reverse)
     return (final, ys), (carries, zs)
 
 
-def _fwd(cell, reverse, params, xp, carry, mask):
-    out, (carries, zs) = _forward(cell, reverse, params, xp, carry, mask)
-    return out, (params, xp, mask, carries, zs)
+def _fwd(cell, reverse, in_loop, params, xs, carry, mask):
+    out, (carries, zs) = _forward(cell, reverse, in_loop, params, xs, carry, mask)
+    return out, (params, xs, mask, carries, zs)
 
 
-def _bwd(cell, reverse, residuals, cotangents):
-    params, xp, mask, carries, zs = residuals
+def _bwd(cell, reverse, in_loop, residuals, cotangents):
+    params, xs, mask, carries, zs = residuals
     d_final, d_ys = cotangents
     small = _pointwise_params(params)
     w_h = params.w_h
+    # The input projection of every step again, as one matmul (cheap next to the loop),
+    # and its backward as one matmul after the loop.
+    xp, project_vjp = jax.vjp(cell.project, params, xs)
 
     def body(d_carry, inputs):
         carry, xp_t, z_t, dy_t, valid = inputs
@@ -107,12 +114,13 @@ def _bwd(cell, reverse, residuals, cotangents):
     d_w_h = (
         h_prev.reshape(-1, hidden).astype(d_z.dtype).T @ d_z.reshape(-1, d_z.shape[-1])
     ).astype(w_h.dtype)
-    grads = params._replace(
+    d_params, d_xs = project_vjp(d_xp)
+    recurrent = params._replace(
         w_h=d_w_h,
-        w_x=jnp.zeros_like(params.w_x),  # w_x enters through xp, outside this function
+        w_x=jnp.zeros_like(params.w_x),
         **{k: jnp.sum(v, axis=0) for k, v in d_small.items()},
     )
-    return grads, d_xp, d_carry0, None
+    return jax.tree.map(jnp.add, d_params, recurrent), d_xs, d_carry0, None
 
 
 def _add_to_output(cell: Cell, d_carry, d_h):

@@ -6,6 +6,7 @@ batch dims, possibly none), ``[T, *batch, ...]`` inside the loop.
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import jax
@@ -49,8 +50,9 @@ def scan(
 ) -> tuple[PyTree, Array]:
     """Run ``cell`` over the time axis of ``xs``.
 
-    The input projection of every time step is one matmul before the loop
-    (``cell.project``); only ``cell.recur`` runs inside ``lax.scan``.
+    ``cell.project`` (the input part of every gate) runs as one matmul before the loop
+    on GPUs and TPUs, and per step inside it on a CPU, where that measured faster
+    (:func:`hoist_projection`); ``cell.recur`` runs inside ``lax.scan``.
 
     Args:
       cell: a :class:`~rnnjax.cells.base.Cell`.
@@ -70,14 +72,15 @@ def scan(
       perturbation: a :class:`Perturbation` of zeros, for gradient-flow diagnostics.
       return_carries: return every step's carry (padded steps hold the last valid
         one) in place of ``ys``, with the time axis where ``ys`` would have it.
-      vjp: how reverse-mode gradients are formed. ``"fused"``: the backward loop keeps
-        only ``dh W_h^T`` and ``dW_h`` is one matmul after it (:mod:`rnnjax.fused`;
-        needs ``cell.recur_z``, one dtype, ``unroll=1``, no ``perturbation`` or
-        ``return_carries``; no forward-mode ``jax.jvp``). ``"autodiff"``: JAX
-        differentiates the loop step by step. ``"auto"`` (default): ``"fused"`` for the
-        gated cells (LSTM, GRU) where it applies, else ``"autodiff"`` (for the Elman
-        cell JAX's own loop measured as fast or faster; ``benchmarks/run.py``). Both
-        give the same numbers up to rounding.
+      vjp: how reverse-mode gradients are formed. ``"autodiff"``: JAX differentiates
+        the loop step by step. ``"fused"``: the backward loop keeps only ``dh W_h^T``
+        and ``dW_h`` is one matmul after it (:mod:`rnnjax.fused`; needs
+        ``cell.recur_z``, one dtype, ``unroll=1``, no ``perturbation`` or
+        ``return_carries``; no forward-mode ``jax.jvp``). ``"auto"`` (default):
+        ``"autodiff"``. On this project's CPU, ``"fused"`` beat ``"autodiff"`` by
+        1.05-1.36x with the projection hoisted, but the projection inside the loop with
+        ``"autodiff"`` beat both; on GPUs it is not yet measured. Both give the same
+        numbers up to rounding.
 
     Returns:
       ``(final_carry, ys)`` with ``ys`` ``[*batch, T, H]`` (or ``[T, *batch, H]``).
@@ -99,8 +102,7 @@ def scan(
 
     xs_tm = xs if time_major else jnp.moveaxis(xs, -2, 0)
     num_steps, batch_shape = xs_tm.shape[0], xs_tm.shape[1:-1]
-    xp = cell.project(params, xs_tm)
-    dtype = jax.tree.leaves(xp)[0].dtype
+    dtype = jax.tree.leaves(jax.eval_shape(cell.project, params, xs_tm))[0].dtype
 
     if carry is None:
         carry = cell.initial_carry(batch_shape, dtype=dtype)
@@ -116,15 +118,20 @@ def scan(
 
     if vjp not in VJPS:
         raise ValueError(f"vjp must be one of {VJPS}; got {vjp!r}.")
-    blockers = _fused_blockers(cell, params, xp, carry, unroll, perturbation, return_carries)
+    blockers = _fused_blockers(cell, params, dtype, carry, unroll, perturbation, return_carries)
     if vjp == "fused" and blockers:
         raise ValueError(f"vjp='fused' does not apply here: {'; '.join(blockers)}.")
-    gated = cell.gates is not None
-    if (vjp == "fused" or (vjp == "auto" and gated)) and not blockers:
-        final_carry, ys = fused.fused_scan(cell, reverse, params, xp, carry, mask)
+    # "auto" is "autodiff" until a measurement says otherwise (see the docstring).
+    # Where the input projection runs: inside the loop on a CPU (measured faster there
+    # at every benchmark size, for inference and training), as one matmul before it
+    # elsewhere. A perturbation (diagnostics) always sees the hoisted projection.
+    in_loop = perturbation is None and not hoist_projection()
+    if vjp == "fused":
+        final_carry, ys = fused.fused_scan(cell, reverse, in_loop, params, xs_tm, carry, mask)
         if not time_major:
             ys = jnp.moveaxis(ys, 0, len(batch_shape))
         return final_carry, ys
+    xp = xs_tm if in_loop else cell.project(params, xs_tm)
 
     eps_carry, eps_params = perturbation if perturbation is not None else (None, None)
     if eps_carry is not None:
@@ -138,6 +145,8 @@ def scan(
     def body(carry, inputs):
         xp_t, valid, e_carry, e_params = inputs
         p = params if e_params is None else jax.tree.map(jnp.add, params, e_params)
+        if in_loop:
+            xp_t = cell.project(p, xp_t)
         new_carry, y = cell.recur(p, carry, xp_t)
         if valid is not None:
             keep = valid[..., None]
@@ -162,7 +171,16 @@ def scan(
 VJPS = ("auto", "fused", "autodiff")
 
 
-def _fused_blockers(cell, params, xp, carry, unroll, perturbation, return_carries) -> list[str]:
+def hoist_projection() -> bool:
+    """Whether the input projection runs as one matmul before the time loop (GPU, TPU)
+    rather than inside it (CPU). ``RNNJAX_HOIST=1`` / ``0`` overrides, for measuring."""
+    forced = os.environ.get("RNNJAX_HOIST")
+    if forced in ("0", "1"):
+        return forced == "1"
+    return jax.default_backend() != "cpu"
+
+
+def _fused_blockers(cell, params, dtype, carry, unroll, perturbation, return_carries) -> list[str]:
     reasons = []
     if not fused.supports(cell):
         reasons.append(f"the {cell.name} cell has no recur_z")
@@ -174,7 +192,7 @@ def _fused_blockers(cell, params, xp, carry, unroll, perturbation, return_carrie
         reasons.append("return_carries=True")
     if unroll not in (1, False):
         reasons.append(f"unroll={unroll!r}")
-    dtypes = {jnp.result_type(a) for a in jax.tree.leaves((xp, carry))}
+    dtypes = {jnp.dtype(dtype)} | {jnp.result_type(a) for a in jax.tree.leaves(carry)}
     if hasattr(params, "w_h"):
         dtypes.add(jnp.result_type(params.w_h))
     if len(dtypes) > 1:

@@ -150,6 +150,8 @@ def test_a_tiny_benchmark_writes_tables_plots_and_targets(tmp_path):
     md = (tmp_path / "benchmark.md").read_text()
     assert "| tiny | gru | train | torch |" in md and "## Correctness gate" in md
     assert record["environment"]["torch_threads"] >= 1
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| tiny | gru | train | torch |" in summary and "## Correctness gate" not in summary
     for name in ("speedup.png", "memory.png"):
         assert (tmp_path / name).stat().st_size > 0
 
