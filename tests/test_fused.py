@@ -142,3 +142,16 @@ def test_projection_inside_or_before_the_loop_gives_the_same_numbers(hoist, monk
         got = jax.grad(f, argnums=(0, 1, 2))(params, xs, carry)
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
             np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_hoisted_and_in_loop_projection_agree_with_lengths_and_reverse(name, monkeypatch):
+    cell, params, xs, carry, w_y, w_c, lengths = _problem(name, batch=(2, 3))
+    results = {}
+    for hoist in ("0", "1"):
+        monkeypatch.setenv("RNNJAX_HOIST", hoist)
+        f = _loss(cell, "auto", lengths, True, w_y, w_c)
+        out = rnnjax.scan(cell, params, xs, carry, lengths=lengths, reverse=True)
+        results[hoist] = (out, jax.grad(f, argnums=(0, 1, 2))(params, xs, carry))
+    for a, b in zip(jax.tree.leaves(results["0"]), jax.tree.leaves(results["1"])):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
