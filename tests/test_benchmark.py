@@ -162,3 +162,21 @@ def test_bad_flags_name_the_flag():
         run.parse(["--cells", "lstm,transformer"])
     with pytest.raises(SystemExit, match="--configs must be names from"):
         run.parse(["--configs", "huge"])
+
+
+def test_first_call_is_recorded_once_whoever_makes_it():
+    """The gate calls each backend first; the compile time must still be its own
+    number, not a warm call's."""
+    peers = load("peers")
+    calls = []
+    first = {}
+    fn = peers._first_timed(first, "train", lambda x: calls.append(x) or x, block=lambda o: None)
+    assert fn(1) == 1 and set(first) == {"train"}
+    recorded = first["train"]
+    fn(2)
+    fn(3)
+    assert first == {"train": recorded} and calls == [1, 2, 3]
+    _, w, x, y = _data("lstm")
+    impl = peers.rnnjax_impl("lstm", w, x, y)
+    impl.result()  # what the gate does: compiles both functions
+    assert set(impl.first_call_s) == {"train", "infer"}
