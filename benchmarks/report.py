@@ -153,7 +153,7 @@ def header(record: dict) -> list[str]:
     lines = [
         "# rnnjax against Flax, Equinox and PyTorch",
         "",
-        f"Command: `{record['command']}`.",
+        f"Command: `{record['command']}`, started {env.get('date_utc', 'at an unrecorded date')}.",
         f"Machine: {device}, JAX backend {env['backend']}; jax {v['jax']}, flax {v['flax']}, "
         f"equinox {v.get('equinox')}, torch {env.get('torch')} ({env.get('torch_threads')} "
         f"threads); commit {str(env['git_commit'])[:10]}"

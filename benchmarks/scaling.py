@@ -161,7 +161,7 @@ def main(argv=None) -> None:
             "",
             f"Machine: {env['cpu']} ({env['cpu_count']} cores), "
             f"{'real devices' if args.real else 'forced host devices sharing those cores'}, "
-            f"jax {env['versions']['jax']}, commit {str(env['git_commit'])[:10]}"
+            f"jax {env['versions']['jax']}, {env['date_utc']}, commit {str(env['git_commit'])[:10]}"
             f"{' (with uncommitted edits)' if env.get('git_dirty') else ''}.",
             "",
         ]

@@ -101,6 +101,7 @@ def environment() -> dict[str, Any]:
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "git_commit": commit,
         "git_dirty": dirty,  # tracked files differed from the commit when the run ended
+        "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
 
 
