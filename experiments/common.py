@@ -210,8 +210,10 @@ def start_or_resume(run: RunDir, ckpt, state, resume: bool, logs=("metrics.jsonl
 PARALLEL = ("auto", "none", "data", "sharded", "seeds")
 
 
-def on_devices(step, *, devices: int, parallel: str, seeds: int, batch_size: int):
-    """Compile a seed-vmapped train step for the devices JAX sees.
+def on_devices(step, cfg):
+    """Compile a seed-vmapped train step for the devices JAX sees, as ``cfg`` (the
+    experiment's Config) asks: reads ``cfg.devices``, ``parallel``, ``seeds`` and
+    ``batch_size``.
 
     ``parallel``: ``"none"`` (one device), ``"data"`` (each seed's batch split over the
     devices, state replicated), ``"sharded"`` (as ``"data"`` with the parameters and
@@ -226,6 +228,7 @@ def on_devices(step, *, devices: int, parallel: str, seeds: int, batch_size: int
 
     from rnnjax import distributed
 
+    devices, parallel, seeds, batch_size = cfg.devices, cfg.parallel, cfg.seeds, cfg.batch_size
     if parallel not in PARALLEL:
         raise ValueError(f"--parallel must be one of {PARALLEL}; got {parallel!r}.")
     mesh = distributed.data_mesh(devices or None)

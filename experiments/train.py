@@ -221,13 +221,8 @@ def main(argv=None) -> int:
         )
         return task.loss(outputs, batch), {}
 
-    train_step, place, placement = common.on_devices(
-        tr.vmap_seeds(tr.make_train_step(loss_fn, optimizer, clip_norm=clip, schedule=schedule)),
-        devices=cfg.devices,
-        parallel=cfg.parallel,
-        seeds=cfg.seeds,
-        batch_size=cfg.batch_size,
-    )
+    one_seed = tr.make_train_step(loss_fn, optimizer, clip_norm=clip, schedule=schedule)
+    train_step, place, placement = common.on_devices(tr.vmap_seeds(one_seed), cfg)
 
     @jax.jit
     def batch_fn(step):

@@ -118,9 +118,10 @@ def scan(
 
     if vjp not in VJPS:
         raise ValueError(f"vjp must be one of {VJPS}; got {vjp!r}.")
-    blockers = _fused_blockers(cell, params, dtype, carry, unroll, perturbation, return_carries)
-    if vjp == "fused" and blockers:
-        raise ValueError(f"vjp='fused' does not apply here: {'; '.join(blockers)}.")
+    if vjp == "fused":
+        blockers = _fused_blockers(cell, params, dtype, carry, unroll, perturbation, return_carries)
+        if blockers:
+            raise ValueError(f"vjp='fused' does not apply here: {'; '.join(blockers)}.")
     # "auto" is "autodiff" until a measurement says otherwise (see the docstring).
     # Where the input projection runs: inside the loop on a CPU (measured faster there
     # at every benchmark size, for inference and training), as one matmul before it

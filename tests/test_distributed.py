@@ -156,6 +156,14 @@ def test_errors_name_the_problem():
         distributed.parallel_step(lambda s, b: (s, b), mesh, "model")
     with pytest.raises(ValueError, match=r"has shape \(3,\): dimension 1 must exist"):
         distributed.shard({"x": np.zeros(3)}, mesh, 1)
+    with pytest.raises(ValueError, match=r"\['b'\] has shape \(\): dimension 0 \(seeds\)"):
+        distributed.state_shardings({"a": np.zeros(2), "b": np.float32(0)}, mesh, "seeds")
+    with pytest.raises(ValueError, match="layout must be one of"):
+        distributed.state_shardings({"a": np.zeros(2)}, mesh, "fsdp")
+    # Sharded: a leaf split along its largest dimension the device count divides.
+    tree = {"w": np.zeros((3, 8)), "s": np.float32(0)}
+    specs = distributed.state_shardings(tree, mesh, "sharded")
+    assert tuple(specs["w"].spec) == (None, "data") and tuple(specs["s"].spec) == ()
 
 
 TRAIN = [
