@@ -16,6 +16,7 @@ reason, and the benchmark reports it as skipped.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import time
 from collections.abc import Callable
@@ -169,8 +170,10 @@ def _split(a: np.ndarray, g: int) -> list[np.ndarray]:
     return np.split(np.asarray(a), g, axis=0)
 
 
-def rnnjax_impl(cell: str, w, x, y) -> Impl:
-    """``rnnjax.scan`` over ``rnnjax.lstm`` / ``gru`` / ``elman`` (batch-major input)."""
+def rnnjax_impl(cell: str, w, x, y, vjp: str = "auto", remat=None) -> Impl:
+    """``rnnjax.scan`` over ``rnnjax.lstm`` / ``gru`` / ``elman`` (batch-major input),
+    with the backward pass ``vjp`` names (``"fused"``: the cuDNN-style custom VJP) and
+    ``remat`` (``True``: rematerialised over chunks of sqrt(T) steps)."""
     import jax.numpy as jnp
 
     import rnnjax
@@ -194,7 +197,7 @@ def rnnjax_impl(cell: str, w, x, y) -> Impl:
         )
 
     def forward(p, x):
-        return rnnjax.scan(core, p, x)[1]
+        return rnnjax.scan(core, p, x, vjp=vjp, remat=remat)[1]
 
     def to_torch(g):
         out = {"weight_ih": np.asarray(g.w_x).T, "weight_hh": np.asarray(g.w_h).T}
@@ -354,6 +357,8 @@ def cudnn_impl(cell: str, w, x, y) -> Impl:
     zeros = jnp.zeros((1, batch, hidden), jnp.float32)
 
     def forward(p, x):
+        # precision=None: cuDNN follows jax_default_matmul_precision, which
+        # ``benchmarks/run.py --precision`` sets (float32 "highest" turns TF32 off).
         ys, _, _ = rnn.lstm(x, zeros, zeros, p, lengths, inputs, hidden, 1, 0.0, False)
         return ys
 
@@ -433,26 +438,42 @@ def torch_info() -> dict:
 
 
 BACKENDS = ("rnnjax", "flax", "equinox", "torch", "cudnn")
+# Timed only when named in --backends: rnnjax's other code paths, to measure them
+# against its default in the same run. They are rnnjax, not peers: the targets and the
+# "best peer" leave them out (:func:`is_ours`).
+VARIANTS = ("rnnjax-fused", "rnnjax-remat")
 
 
-def build(backend: str, cell: str, w, x, y) -> dict[str, Impl | Unavailable]:
-    """Every variant of ``backend`` for ``cell``: ``{name: Impl or Unavailable}``."""
+def is_ours(name: str) -> bool:
+    """Whether a backend name is rnnjax itself or one of its variants."""
+    return name == "rnnjax" or name.startswith("rnnjax ")
+
+
+def build(backend: str, cell: str, w, x, y) -> dict[str, Impl | Exception]:
+    """Every variant of ``backend`` for ``cell``: ``{name: Impl}``, or in place of an
+    Impl the exception building it raised: :class:`Unavailable` (the run reports it as
+    skipped) or any other (a broken backend: the run reports it as failing the gate)."""
     if backend == "flax":
-        out = {}
-        for variant in FLAX_CELLS[cell]:
-            try:
-                out[f"flax/{variant}"] = flax_impl(cell, w, x, y, variant)
-            except Unavailable as err:
-                out[f"flax/{variant}"] = err
-        return out
-    make = {
-        "rnnjax": rnnjax_impl,
-        "equinox": equinox_impl,
-        "torch": torch_impl,
-        "cudnn": cudnn_impl,
-    }[backend]
-    name = {"cudnn": "jax.experimental.rnn (cuDNN)"}.get(backend, backend)
-    try:
-        return {name: make(cell, w, x, y)}
-    except Unavailable as err:
-        return {name: err}
+        makers = {f"flax/{v}": functools.partial(flax_impl, variant=v) for v in FLAX_CELLS[cell]}
+    else:
+        make = {
+            "rnnjax": rnnjax_impl,
+            "equinox": equinox_impl,
+            "torch": torch_impl,
+            "cudnn": cudnn_impl,
+            "rnnjax-fused": functools.partial(rnnjax_impl, vjp="fused"),
+            "rnnjax-remat": functools.partial(rnnjax_impl, remat=True),
+        }[backend]
+        name = {
+            "cudnn": "jax.experimental.rnn (cuDNN)",
+            "rnnjax-fused": "rnnjax (vjp=fused)",
+            "rnnjax-remat": "rnnjax (remat=True)",
+        }.get(backend, backend)
+        makers = {name: make}
+    out = {}
+    for name, make in makers.items():
+        try:
+            out[name] = make(cell, w, x, y)
+        except Exception as err:  # noqa: BLE001  (reported, never dropped; see above)
+            out[name] = err
+    return out

@@ -9,6 +9,10 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from peers import is_ours  # noqa: E402
+
 MODES = {
     "train": "Training step (forward over the whole sequence, loss, backward for all weights)",
     "infer": "Inference (forward only)",
@@ -80,9 +84,10 @@ def targets(record: dict) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in record["rows"]:
-        if "rnnjax" not in r["times"] or not r["speedup"]:
+        peers = [n for n in r["speedup"] if not is_ours(n)]
+        if "rnnjax" not in r["times"] or not peers:
             continue
-        best = min(r["speedup"], key=lambda n: r["times"][n]["median_s"])
+        best = min(peers, key=lambda n: r["times"][n]["median_s"])
         s = r["speedup"][best]["median"]
         target = goal if r["mode"] == "train" else 1.0
         lines.append(
@@ -99,7 +104,48 @@ def targets(record: dict) -> list[str]:
                 f"measured matmul peak (target {100 * goal_peak:.0f}%: "
                 f"{'met' if f >= goal_peak else 'not met'})."
             )
+    lines += gpu_targets(record)
     lines.append("")
+    return lines
+
+
+def gpu_targets(record: dict) -> list[str]:
+    """On a GPU: the LSTM within the target factor of cuDNN (the faster of
+    ``jax.experimental.rnn`` and PyTorch, both cuDNN there) and the target speed-up
+    over Flax ``nn.RNN`` (its fastest cell)."""
+    if record["environment"].get("backend") != "gpu":
+        return []
+    within = record["targets"].get("gpu_lstm_within_cudnn", 1.2)
+    over = record["targets"].get("gpu_lstm_speedup_over_flax", 2.0)
+    lines = [
+        "",
+        f"GPU, LSTM: rnnjax within {within}x of cuDNN (t_rnnjax / t_cuDNN at most {within}, "
+        f"against the faster of jax.experimental.rnn and PyTorch) and at least {over}x faster "
+        "than Flax nn.RNN (its fastest cell); per-round ratios, median.",
+        "",
+        "| config | mode | cuDNN (fastest) | t_rnnjax / t_cuDNN | met | Flax (fastest) "
+        "| speed-up over Flax | met |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in record["rows"]:
+        if r["cell"] != "lstm" or "rnnjax" not in r["times"]:
+            continue
+        cudnn = [n for n in r["speedup"] if n == "torch" or "cuDNN" in n]
+        flax = [n for n in r["speedup"] if n.startswith("flax/")]
+        cells = [r["config"], r["mode"]]
+        if cudnn:
+            best = min(cudnn, key=lambda n: r["times"][n]["median_s"])
+            slower = 1 / r["speedup"][best]["median"]
+            cells += [best, f"{slower:.2f}", "yes" if slower <= within else "no"]
+        else:
+            cells += ["–", "–", "–"]
+        if flax:
+            best = min(flax, key=lambda n: r["times"][n]["median_s"])
+            s = r["speedup"][best]["median"]
+            cells += [best, f"{s:.2f}x", "yes" if s >= over else "no"]
+        else:
+            cells += ["–", "–", "–"]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
@@ -153,7 +199,9 @@ def header(record: dict) -> list[str]:
     lines = [
         "# rnnjax against Flax, Equinox and PyTorch",
         "",
-        f"Command: `{record['command']}`, started {env.get('date_utc', 'at an unrecorded date')}.",
+        f"Command: `{record['command']}`, started {env.get('date_utc', 'at an unrecorded date')}"
+        + ("" if record.get("complete", True) else " (interrupted: these rows are all it timed)")
+        + ".",
         f"Machine: {device}, JAX backend {env['backend']}; jax {v['jax']}, flax {v['flax']}, "
         f"equinox {v.get('equinox')}, torch {env.get('torch')} ({env.get('torch_threads')} "
         f"threads); commit {str(env['git_commit'])[:10]}"
@@ -169,11 +217,20 @@ def header(record: dict) -> list[str]:
         )
     lines += [
         f"{record['args']['rounds']} interleaved rounds of at least "
-        f"{record['args']['min_sample']} s per backend; float32; FLOPs: 2 G H (I + H) per "
-        "token forward, 3x that for a training step.",
+        f"{record['args']['min_sample']} s per backend; {_precision(record)}; FLOPs: "
+        "2 G H (I + H) per token forward, 3x that for a training step.",
         "",
     ]
     return lines
+
+
+def _precision(record: dict) -> str:
+    precision = record["args"].get("precision", "float32")
+    if record["environment"].get("backend") == "cpu":
+        return "float32"
+    if precision == "tf32":
+        return "float32 data, TF32 matmuls (every backend)"
+    return "float32, TF32 off in every backend"
 
 
 def plot(record: dict, out: Path) -> None:

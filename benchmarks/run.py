@@ -63,6 +63,34 @@ CONFIGS = {
 }
 SWEEP_SHAPE = (16, 64, 128)  # batch, input, hidden of the sequence-length sweep
 TARGET_TRAIN, TARGET_PEAK = 1.25, 0.80
+# GPU targets for the LSTM: rnnjax within this factor of cuDNN, and this many times
+# faster than Flax nn.RNN.
+TARGET_GPU_CUDNN, TARGET_GPU_FLAX = 1.2, 2.0
+
+# --precision: what float32 matmuls run as on a GPU (a CPU has no TF32: its float32
+# matmuls are float32 whatever the setting), and the gate's default tolerances there.
+PRECISIONS = {"float32": "highest", "tf32": "tensorfloat32"}
+GATE_TOLERANCES = {"float32": (1e-5, 1e-4), "tf32": (2e-2, 2e-2)}
+
+
+def set_precision(precision: str) -> None:
+    """Make every backend run its float32 matmuls as ``precision`` on a GPU: JAX's
+    default matmul precision (which ``jax.experimental.rnn`` follows too) and PyTorch's
+    TF32 switches for matmuls and cuDNN. PyTorch's own defaults differ (TF32 off for
+    matmuls, on for cuDNN), so leaving them alone would time different arithmetic."""
+    import jax
+
+    if jax.default_backend() == "cpu":
+        if precision != "float32":
+            raise SystemExit(f"--precision {precision} needs a GPU; JAX runs on the CPU here")
+        return
+    jax.config.update("jax_default_matmul_precision", PRECISIONS[precision])
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    torch.backends.cudnn.allow_tf32 = precision == "tf32"
 
 
 def flops_per_call(cell: str, mode: str, batch: int, steps: int, inputs: int, hidden: int):
@@ -163,7 +191,8 @@ def time_interleaved(fns: dict, *, rounds, min_sample, warmup, rng) -> dict[str,
 
 
 def speedups(times: dict[str, dict], ours: str = "rnnjax") -> dict[str, dict]:
-    """rnnjax's speed-up over each peer: ``t_peer / t_rnnjax`` per round, summarised."""
+    """rnnjax's speed-up over every other backend timed (peers, and rnnjax's variants):
+    ``t_other / t_rnnjax`` per round, summarised."""
     if ours not in times:
         return {}
     mine = np.array(times[ours]["samples_s"])
@@ -338,8 +367,18 @@ def parse(argv=None):
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--min_sample", type=float, default=0.2, help="seconds per timed sample")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--atol", type=float, default=1e-5, help="gate: outputs vs float64")
-    p.add_argument("--grad_rtol", type=float, default=1e-4, help="gate: grads vs float64")
+    p.add_argument(
+        "--precision",
+        default="float32",
+        choices=sorted(PRECISIONS),
+        help="float32 matmuls on a GPU: true float32 (every backend) or TF32",
+    )
+    p.add_argument(
+        "--atol", type=float, default=None, help="gate: outputs vs float64 (1e-5; TF32 2e-2)"
+    )
+    p.add_argument(
+        "--grad_rtol", type=float, default=None, help="gate: grads vs float64 (1e-4; TF32 2e-2)"
+    )
     p.add_argument("--sweep", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--sweep_lengths", default="1000,3000,10000")
     p.add_argument("--peak_n", type=int, default=0, help="matmul size (0: 2048 CPU, 8192 GPU)")
@@ -349,9 +388,12 @@ def parse(argv=None):
     args = p.parse_args(argv)
     args.configs = _names(args.configs, CONFIGS, "--configs")
     args.cells = _names(args.cells, peers.GATES, "--cells")
-    args.backends = _names(args.backends, peers.BACKENDS, "--backends")
+    args.backends = _names(args.backends, peers.BACKENDS + peers.VARIANTS, "--backends")
     args.modes = _names(args.modes, ("train", "infer"), "--modes")
     args.sweep_lengths = [int(t) for t in args.sweep_lengths.split(",") if t]
+    atol, grad_rtol = GATE_TOLERANCES[args.precision]
+    args.atol = atol if args.atol is None else args.atol
+    args.grad_rtol = grad_rtol if args.grad_rtol is None else args.grad_rtol
     if args.rounds < 2:
         p.error(f"--rounds must be >= 2 for an interquartile range; got {args.rounds}")
     return args
@@ -370,6 +412,7 @@ def main(argv=None) -> int:
     import jax
 
     gpu = jax.default_backend() == "gpu"
+    set_precision(args.precision)
     rng = np.random.default_rng(args.seed)
     command = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
     env = environment()
@@ -377,7 +420,26 @@ def main(argv=None) -> int:
     if not args.gate_only:
         peak = matmul_peak(args.peak_n or (8192 if gpu else 2048))
         print(f"matmul peak: {peak['peak_gflops']:.1f} GFLOP/s ({peak})", flush=True)
-    rows, skipped, gates, failed = [], {}, [], False
+    rows, skipped, gates, failed, sweep = [], {}, [], False, []
+    record = {
+        "command": command.strip(),
+        "args": vars(args),
+        "environment": env,
+        "matmul_peak": peak,
+        "complete": False,
+        "gates": gates,
+        "skipped": skipped,
+        "rows": rows,
+        "sweep": sweep,
+        "targets": {
+            "train_speedup_over_best_peer": TARGET_TRAIN,
+            "large_fraction_of_peak": TARGET_PEAK,
+            "gpu_lstm_within_cudnn": TARGET_GPU_CUDNN,
+            "gpu_lstm_speedup_over_flax": TARGET_GPU_FLAX,
+        },
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     for config in args.configs:
         batch, steps, inputs, hidden = CONFIGS[config]
         for cell in args.cells:
@@ -385,14 +447,19 @@ def main(argv=None) -> int:
             data = np.random.default_rng(args.seed + 1)
             x = data.standard_normal((batch, steps, inputs)).astype(np.float32)
             y = data.standard_normal((batch, steps, hidden)).astype(np.float32) * 0.5
-            impls = {}
+            impls, broken = {}, {}
             for backend in args.backends:
                 for name, impl in peers.build(backend, cell, w, x, y).items():
                     if isinstance(impl, peers.Unavailable):
                         skipped[f"{name}/{cell}"] = str(impl)
+                    elif isinstance(impl, Exception):
+                        broken[name] = {
+                            "ok": False,
+                            "error": f"building it raised {type(impl).__name__}: {impl}"[:500],
+                        }
                     else:
                         impls[name] = impl
-            report = gate(cell, impls, w, x, y, args.atol, args.grad_rtol)
+            report = gate(cell, impls, w, x, y, args.atol, args.grad_rtol) | broken
             gates.append({"config": config, "cell": cell, "backends": report})
             for name, r in report.items():
                 mark = "ok" if r["ok"] else "FAILED"
@@ -435,26 +502,11 @@ def main(argv=None) -> int:
                 }
                 rows.append(row)
                 print(_row_summary(row), flush=True)
-    sweep = []
+            _save(record, out)  # after every cell: an interrupted run keeps what it timed
     if args.sweep and not args.gate_only:
-        sweep = memory_sweep(args, gpu)
-    record = {
-        "command": command.strip(),
-        "args": vars(args),
-        "environment": env,
-        "matmul_peak": peak,
-        "gates": gates,
-        "skipped": skipped,
-        "rows": rows,
-        "sweep": sweep,
-        "targets": {
-            "train_speedup_over_best_peer": TARGET_TRAIN,
-            "large_fraction_of_peak": TARGET_PEAK,
-        },
-    }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "benchmark.json").write_text(json.dumps(record, indent=1) + "\n")
+        sweep += memory_sweep(args, gpu)
+    record["complete"] = True
+    _save(record, out)
     if not args.gate_only:
         import report
 
@@ -464,6 +516,13 @@ def main(argv=None) -> int:
     if failed:
         print("Some backends failed the correctness gate (see above).", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _save(record: dict, out: Path) -> None:
+    """Write ``benchmark.json`` atomically (``complete`` says whether the run finished)."""
+    tmp = out / "benchmark.json.tmp"
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    tmp.replace(out / "benchmark.json")
 
 
 def _row_summary(row) -> str:
@@ -485,7 +544,7 @@ def memory_sweep(args, gpu: bool) -> list[dict]:
         point = {"steps": steps, "batch": batch, "inputs": inputs, "hidden": hidden, "backends": {}}
         for backend in args.backends:
             for name, impl in peers.build(backend, "lstm", w, x, y).items():
-                if isinstance(impl, peers.Unavailable):
+                if isinstance(impl, Exception):  # skipped or broken: the gate said which
                     continue
                 impl.train()  # compile and warm up
                 point["backends"][name] = measure_memory(name, impl, "train", gpu)

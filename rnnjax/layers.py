@@ -46,10 +46,13 @@ class BidirectionalCarry(NamedTuple):
     backward: PyTree
 
 
-def recurrent(cell: Cell, *, reverse: bool = False, unroll: int | bool = 1) -> Layer:
+def recurrent(
+    cell: Cell, *, reverse: bool = False, unroll: int | bool = 1, remat: int | bool | None = None
+) -> Layer:
     """One cell over time: :func:`~rnnjax.scan.scan` as a :class:`Layer`.
 
-    ``reverse=True`` runs over the valid part of each sequence backwards.
+    ``reverse=True`` runs over the valid part of each sequence backwards; ``remat``
+    rematerialises over chunks of time (see :func:`~rnnjax.scan.scan`).
     """
 
     def apply(params, xs, carry=None, *, lengths=None, key=None, time_major=False):
@@ -63,12 +66,19 @@ def recurrent(cell: Cell, *, reverse: bool = False, unroll: int | bool = 1) -> L
             reverse=reverse,
             unroll=unroll,
             time_major=time_major,
+            remat=remat,
         )
 
     return Layer(cell.init, cell.initial_carry, apply, cell.hidden_size)
 
 
-def bidirectional(forward: Cell, backward: Cell | None = None, *, unroll: int | bool = 1) -> Layer:
+def bidirectional(
+    forward: Cell,
+    backward: Cell | None = None,
+    *,
+    unroll: int | bool = 1,
+    remat: int | bool | None = None,
+) -> Layer:
     """A forward and a padding-aware backward pass, outputs concatenated.
 
     ``ys[..., t, :] = [forward_y_t, backward_y_t]``, where the backward cell reads the
@@ -81,6 +91,7 @@ def bidirectional(forward: Cell, backward: Cell | None = None, *, unroll: int | 
       backward: the cell of the backward direction; a second instance of ``forward``
         (own params) if ``None``.
       unroll: passed to both scans.
+      remat: passed to both scans (rematerialisation over chunks of time).
     """
     backward = forward if backward is None else backward
 
@@ -100,7 +111,7 @@ def bidirectional(forward: Cell, backward: Cell | None = None, *, unroll: int | 
         if carry is not None:
             _check_named(carry, BidirectionalCarry, "carry")
         c_f, c_b = (None, None) if carry is None else carry
-        kw = dict(lengths=lengths, unroll=unroll, time_major=time_major)
+        kw = dict(lengths=lengths, unroll=unroll, time_major=time_major, remat=remat)
         c_f, y_f = scan(forward, params.forward, xs, c_f, **kw)
         c_b, y_b = scan(backward, params.backward, xs, c_b, reverse=True, **kw)
         return BidirectionalCarry(c_f, c_b), jnp.concatenate([y_f, y_b], axis=-1)
@@ -184,19 +195,23 @@ def make_layer(
     num_layers: int = 1,
     bidirectional: bool = False,
     dropout_rate: float = 0.0,
+    remat: int | bool | None = None,
     **cell_options,
 ) -> Layer:
     """A stack of ``num_layers`` (bidirectional) layers of the named cell.
 
     ``make_layer("lstm", 64, num_layers=2)`` is
-    ``stack([recurrent(lstm(64)), recurrent(lstm(64))])``.
+    ``stack([recurrent(lstm(64)), recurrent(lstm(64))])``; ``remat`` goes to every
+    layer's scan (rematerialisation over chunks of time, for long sequences).
     """
     from rnnjax.cells.registry import make_cell
 
     check_positive_int("num_layers", num_layers)
     make = lambda: make_cell(cell, hidden_size, **cell_options)  # noqa: E731
     wrap = (
-        (lambda: _bidirectional(make(), make())) if bidirectional else (lambda: recurrent(make()))
+        (lambda: _bidirectional(make(), make(), remat=remat))
+        if bidirectional
+        else (lambda: recurrent(make(), remat=remat))
     )
     return stack([wrap() for _ in range(num_layers)], dropout_rate=dropout_rate)
 

@@ -47,6 +47,7 @@ def scan(
     perturbation: Perturbation | None = None,
     return_carries: bool = False,
     vjp: str = "auto",
+    remat: int | bool | None = None,
 ) -> tuple[PyTree, Array]:
     """Run ``cell`` over the time axis of ``xs``.
 
@@ -81,6 +82,14 @@ def scan(
         1.05-1.36x with the projection hoisted, but the projection inside the loop with
         ``"autodiff"`` beat both; on GPUs it is not yet measured. Both give the same
         numbers up to rounding.
+      remat: rematerialise over chunks of time, for long sequences. An integer ``k``:
+        the backward pass keeps the carry at every ``k``-th step and recomputes the
+        steps in between, chunk by chunk, instead of keeping every step's
+        intermediates. ``True``: ``k = ceil(sqrt(T))``, so what is kept grows like
+        ``sqrt(T)`` rather than ``T``, for one more forward pass in the training step
+        (about 4/3 of its arithmetic). ``None`` / ``False`` (default): keep everything.
+        The same numbers as without it; inputs, outputs and their gradients still take
+        memory linear in ``T``. Not with ``vjp="fused"``.
 
     Returns:
       ``(final_carry, ys)`` with ``ys`` ``[*batch, T, H]`` (or ``[T, *batch, H]``).
@@ -118,8 +127,11 @@ def scan(
 
     if vjp not in VJPS:
         raise ValueError(f"vjp must be one of {VJPS}; got {vjp!r}.")
+    chunk = _chunk_length(remat, num_steps)
     if vjp == "fused":
         blockers = _fused_blockers(cell, params, dtype, carry, unroll, perturbation, return_carries)
+        if chunk:
+            blockers.append(f"remat={remat!r} (the fused backward keeps its own residuals)")
         if blockers:
             raise ValueError(f"vjp='fused' does not apply here: {'; '.join(blockers)}.")
     # "auto" is "autodiff" until a measurement says otherwise (see the docstring).
@@ -161,15 +173,64 @@ def scan(
 
     # Reverse over time with a mask: the padded tail comes first and is inert, so the
     # carry reaches step lengths-1 untouched; no per-example gather is needed.
-    final_carry, ys = jax.lax.scan(
-        body, carry, (xp, mask, eps_carry, eps_params), reverse=reverse, unroll=unroll
-    )
+    inputs = (xp, mask, eps_carry, eps_params)
+    if chunk:
+        final_carry, ys = _chunked_scan(body, carry, inputs, num_steps, chunk, reverse, unroll)
+    else:
+        final_carry, ys = jax.lax.scan(body, carry, inputs, reverse=reverse, unroll=unroll)
     if not time_major:
         ys = jax.tree.map(lambda a: jnp.moveaxis(a, 0, len(batch_shape)), ys)
     return final_carry, ys
 
 
 VJPS = ("auto", "fused", "autodiff")
+
+
+def _chunk_length(remat, num_steps: int) -> int:
+    """The chunk length ``remat`` asks for (0: no rematerialisation)."""
+    if remat is None or remat is False:
+        return 0
+    if remat is True:
+        return max(1, int(np.ceil(np.sqrt(num_steps))))
+    if isinstance(remat, (int, np.integer)) and remat >= 1:
+        return min(int(remat), max(num_steps, 1))
+    raise ValueError(
+        f"remat must be None, False, True or a chunk length >= 1 (steps); got {remat!r}."
+    )
+
+
+def _chunked_scan(body, carry, inputs, num_steps: int, chunk: int, reverse: bool, unroll):
+    """``lax.scan(body, carry, inputs)`` over ``num_steps`` steps, as an outer scan over
+    chunks of ``chunk`` steps whose inner scans are rematerialised (``jax.checkpoint``):
+    the backward pass keeps one carry per chunk and recomputes each chunk's steps.
+
+    ``T = n * chunk + r``: the ``n`` whole chunks run as the outer scan and the last
+    ``r`` steps as one more rematerialised scan, after them (before them in reverse),
+    so every step runs exactly as in the plain scan, with no padding.
+    """
+
+    def inner(c, xs):
+        return jax.lax.scan(body, c, xs, reverse=reverse, unroll=unroll)
+
+    inner = jax.checkpoint(inner, prevent_cse=False)
+    n, r = divmod(num_steps, chunk)
+    head = jax.tree.map(lambda a: a[: n * chunk].reshape((n, chunk) + a.shape[1:]), inputs)
+    tail = jax.tree.map(lambda a: a[n * chunk :], inputs)
+
+    def whole_chunks(c):
+        c, ys = jax.lax.scan(inner, c, head, reverse=reverse)
+        return c, jax.tree.map(lambda a: a.reshape((n * chunk,) + a.shape[2:]), ys)
+
+    # chunk <= num_steps, so there is at least one whole chunk (none only when T = 0).
+    if r == 0:
+        return whole_chunks(carry)
+    if reverse:
+        carry, ys_tail = inner(carry, tail)
+        carry, ys_head = whole_chunks(carry)
+    else:
+        carry, ys_head = whole_chunks(carry)
+        carry, ys_tail = inner(carry, tail)
+    return carry, jax.tree.map(lambda h, t: jnp.concatenate([h, t]), ys_head, ys_tail)
 
 
 def hoist_projection() -> bool:

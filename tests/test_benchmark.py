@@ -39,21 +39,51 @@ EXPECTED = {
 }
 
 
+VARIANTS = {"rnnjax (vjp=fused)", "rnnjax (remat=True)"}
+CUDNN = "jax.experimental.rnn (cuDNN)"
+
+
 def test_gate_every_backend_computes_the_same_function(tmp_path):
-    """The gate of a real run (tiny configuration, all cells): every installed peer maps
-    the weights right, forward and backward, against float64 NumPy and float64 torch."""
+    """The gate of a real run (tiny configuration, all cells): every installed peer and
+    rnnjax's variants map the weights right, forward and backward, against float64
+    NumPy and float64 torch. On a GPU the cuDNN LSTM joins them."""
     pytest.importorskip("torch")
     pytest.importorskip("equinox")
+    import jax
+
+    gpu = jax.default_backend() == "gpu"
     run = load("run")
-    assert run.main(["--configs", "tiny", "--gate_only", "--out", str(tmp_path)]) == 0
+    backends = "rnnjax,rnnjax-fused,rnnjax-remat,flax,equinox,torch,cudnn"
+    argv = ["--configs", "tiny", "--gate_only", "--backends", backends, "--out", str(tmp_path)]
+    assert run.main(argv) == 0
     record = json.loads((tmp_path / "benchmark.json").read_text())
+    assert record["complete"]
     for g in record["gates"]:
-        assert set(g["backends"]) == EXPECTED[g["cell"]]
+        cudnn = {CUDNN} if gpu and g["cell"] == "lstm" else set()
+        assert set(g["backends"]) == EXPECTED[g["cell"]] | VARIANTS | cudnn
         for name, r in g["backends"].items():
             assert r["ok"], (g["cell"], name, r)
             assert r["max_abs_output_error"] < 1e-5 and r["grad_reference"] == "torch float64"
     assert "Equinox has no Elman" in record["skipped"]["equinox/rnn"]
-    assert "jax.experimental.rnn (cuDNN)/lstm" in record["skipped"]  # a CPU machine
+    assert (f"{CUDNN}/lstm" in record["skipped"]) == (not gpu)
+
+
+def test_a_backend_that_breaks_fails_the_gate_and_the_run_goes_on(tmp_path, monkeypatch):
+    """A peer whose construction raises (a changed API, say) is reported as failing,
+    not skipped, and does not stop the others being checked."""
+    run = load("run")
+    peers = sys.modules["peers"]
+
+    def broken(*args, **kwargs):
+        raise AttributeError("module 'flax.linen' has no attribute 'GRUCell'")
+
+    monkeypatch.setattr(peers, "flax_impl", broken)
+    argv = ["--configs", "tiny", "--cells", "gru", "--backends", "rnnjax,flax", "--gate_only"]
+    assert run.main(argv + ["--out", str(tmp_path)]) == 1
+    (g,) = json.loads((tmp_path / "benchmark.json").read_text())["gates"]
+    assert g["backends"]["rnnjax"]["ok"]
+    bad = g["backends"]["flax/GRUCell"]
+    assert not bad["ok"] and "building it raised AttributeError: module 'flax" in bad["error"]
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
@@ -156,12 +186,68 @@ def test_a_tiny_benchmark_writes_tables_plots_and_targets(tmp_path):
         assert (tmp_path / name).stat().st_size > 0
 
 
+def test_an_interrupted_run_keeps_what_it_timed(tmp_path, monkeypatch):
+    """benchmark.json is rewritten after every cell, marked incomplete until the end."""
+    run = load("run")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "memory_sweep", interrupted)
+    argv = ["--configs", "tiny", "--cells", "rnn", "--backends", "rnnjax", "--rounds", "2"]
+    argv += ["--min_sample", "0.001", "--peak_n", "64", "--out", str(tmp_path)]
+    with pytest.raises(KeyboardInterrupt):
+        run.main(argv)
+    record = json.loads((tmp_path / "benchmark.json").read_text())
+    assert record["complete"] is False
+    assert [(r["cell"], r["mode"]) for r in record["rows"]] == [("rnn", "train"), ("rnn", "infer")]
+    record["matmul_peak"] = None
+    assert "(interrupted: these rows are all it timed)" in load("report").header(record)[2]
+
+
+def _row(config, mode, medians, speedups):
+    times = {n: {"median_s": m, "fraction_of_peak": 0.5} for n, m in medians.items()}
+    sp = {n: {"median": v, "q1": v, "q3": v} for n, v in speedups.items()}
+    return {"config": config, "cell": "lstm", "mode": mode, "times": times, "speedup": sp}
+
+
+def test_targets_leave_rnnjax_variants_out_of_the_peers():
+    """rnnjax's own variants (fused backward, remat) are timed beside it but are not the
+    "best peer" a target is held against; on a GPU the cuDNN and Flax targets are
+    ratios to the fastest of each."""
+    report = load("report")
+    medians = {"rnnjax": 2.0, "rnnjax (vjp=fused)": 1.0, "torch": 3.0, "flax/LSTMCell": 5.0}
+    medians[CUDNN] = 1.8
+    speedups = {"rnnjax (vjp=fused)": 0.5, "torch": 1.5, "flax/LSTMCell": 2.5, CUDNN: 0.9}
+    record = {
+        "rows": [_row("small", "train", medians, speedups)],
+        "targets": {
+            "train_speedup_over_best_peer": 1.25,
+            "large_fraction_of_peak": 0.8,
+            "gpu_lstm_within_cudnn": 1.2,
+            "gpu_lstm_speedup_over_flax": 2.0,
+        },
+        "environment": {"backend": "gpu"},
+    }
+    text = "\n".join(report.targets(record))
+    assert f"| small | lstm | train | {CUDNN} | 1800.00 | 2000.00 | 0.90x | 1.25x | no |" in text
+    # t_rnnjax / t_cuDNN = 1 / 0.9 = 1.11 (within 1.2); 2.5x over Flax (at least 2).
+    assert f"| small | train | {CUDNN} | 1.11 | yes | flax/LSTMCell | 2.50x | yes |" in text
+    record["environment"]["backend"] = "cpu"
+    assert "GPU, LSTM" not in "\n".join(report.targets(record))
+
+
 def test_bad_flags_name_the_flag():
     run = load("run")
     with pytest.raises(SystemExit, match="--cells must be names from"):
         run.parse(["--cells", "lstm,transformer"])
     with pytest.raises(SystemExit, match="--configs must be names from"):
         run.parse(["--configs", "huge"])
+    with pytest.raises(SystemExit):  # argparse names the choices
+        run.parse(["--precision", "bf16"])
+    args = run.parse(["--precision", "tf32"])
+    assert (args.atol, args.grad_rtol) == run.GATE_TOLERANCES["tf32"]
+    assert run.parse(["--atol", "1e-3"]).atol == 1e-3
 
 
 def test_first_call_is_recorded_once_whoever_makes_it():
