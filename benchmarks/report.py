@@ -219,8 +219,10 @@ def header(record: dict) -> list[str]:
         f"{record['args']['rounds']} interleaved rounds of at least "
         f"{record['args']['min_sample']} s per backend; {_precision(record)}; FLOPs: "
         "2 G H (I + H) per token forward, 3x that for a training step.",
-        "",
     ]
+    if record.get("note"):
+        lines.append(f"Note: {record['note']}")
+    lines.append("")
     return lines
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import rnnjax
+from rnnjax.scan import auto_vjp
 
 CELLS = {
     "lstm": lambda h: rnnjax.lstm(h),
@@ -103,9 +104,11 @@ def test_fused_only_on_request_and_only_where_it_applies():
     cell, params, xs, *_ = _problem("lstm")
     jaxpr = str(jax.make_jaxpr(lambda p: rnnjax.scan(cell, p, xs, vjp="fused"))(params))
     assert "custom_vjp_call" in jaxpr
-    for v in ("auto", "autodiff"):  # auto: JAX's own loop, the faster one measured here
+    auto = "fused" if jax.default_backend() == "gpu" else "autodiff"
+    assert auto_vjp() == auto
+    for v in ("auto", "autodiff"):  # auto on a CPU: JAX's own loop, faster here
         jaxpr = str(jax.make_jaxpr(lambda p: rnnjax.scan(cell, p, xs, vjp=v))(params))
-        assert "custom_vjp_call" not in jaxpr
+        assert ("custom_vjp_call" in jaxpr) == (v == "auto" and auto == "fused")
     before = rnnjax.gru(5, reset_after=False)
     p = before.init(jax.random.key(0), 4)
     with pytest.raises(ValueError, match="vjp='fused' does not apply here: the gru cell has no"):
@@ -116,6 +119,27 @@ def test_fused_only_on_request_and_only_where_it_applies():
         rnnjax.scan(cell, params, xs, vjp="fused", unroll=2)
     with pytest.raises(ValueError, match="vjp must be one of"):
         rnnjax.scan(cell, params, xs, vjp="cudnn")
+
+
+def test_auto_takes_the_fused_backward_where_it_is_faster_and_applies(monkeypatch):
+    """What a GPU does by default (RNNJAX_VJP=fused stands in for the GPU here): the
+    fused backward wherever it applies, JAX's own where it does not, never an error."""
+    monkeypatch.setenv("RNNJAX_VJP", "fused")
+    cell, params, xs, carry, *_ = _problem("gru")
+
+    def uses_fused(**kw):
+        f = lambda p: rnnjax.scan(cell, p, xs, carry, **kw)  # noqa: E731
+        return "custom_vjp_call" in str(jax.make_jaxpr(f)(params))
+
+    assert uses_fused()
+    assert not uses_fused(vjp="autodiff")
+    assert not uses_fused(return_carries=True)
+    assert not uses_fused(remat=3)
+    assert not uses_fused(unroll=2)
+    eps = jax.tree.map(lambda c: jnp.zeros((xs.shape[-2],) + c.shape), carry)
+    assert not uses_fused(perturbation=rnnjax.Perturbation(carry=eps))
+    monkeypatch.setenv("RNNJAX_VJP", "autodiff")
+    assert not uses_fused()
 
 
 @pytest.mark.parametrize("hoist", ["0", "1"])

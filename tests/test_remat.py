@@ -110,16 +110,26 @@ def _temp_bytes(steps: int, remat) -> int:
     return jax.jit(jax.grad(loss)).lower(params).compile().memory_analysis().temp_size_in_bytes
 
 
-def test_remat_memory_grows_sublinearly():
+# Remat's temporaries over the plain scan's, at most: in the loop, what is kept is
+# mostly per-step intermediates, which remat drops; with the projection hoisted (GPUs,
+# TPUs) the projected inputs [T, B, 4H] and their gradient stay linear in T whatever
+# the backward keeps (measured on this CPU: 0.16 and 0.53; on an H200, hoisted: 0.50).
+REMAT_SHARE = {"0": 0.3, "1": 0.65}
+
+
+@pytest.mark.parametrize("hoist", sorted(REMAT_SHARE))
+def test_remat_memory_grows_sublinearly(hoist, monkeypatch):
     """XLA's buffer assignment (exact, not a timing): the plain scan keeps every step's
     intermediates, so its temporaries grow about 4x from T=250 to T=1000; with
-    ``remat=True`` what is kept grows like sqrt(T), on top of the outputs and their
-    gradients, which stay linear."""
+    ``remat=True`` what the backward keeps grows like sqrt(T), on top of what stays
+    linear (inputs' projections, outputs and their gradients)."""
+    monkeypatch.setenv("RNNJAX_HOIST", hoist)
     plain = {t: _temp_bytes(t, None) for t in (250, 1000)}
     remat = {t: _temp_bytes(t, True) for t in (250, 1000)}
     assert plain[1000] / plain[250] > 3.5
-    assert remat[1000] < 0.4 * plain[1000]
-    assert remat[1000] - remat[250] < 0.4 * (plain[1000] - plain[250])
+    share = REMAT_SHARE[hoist]
+    assert remat[1000] < share * plain[1000]
+    assert remat[1000] - remat[250] < share * (plain[1000] - plain[250])
 
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, "4"])
