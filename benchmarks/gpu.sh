@@ -37,21 +37,21 @@ EOF
 } >>"$log" 2>&1
 
 step "benchmark"
-timeout "${BENCH_S:-300}" "$py" benchmarks/run.py \
+timeout "${BENCH_S:-480}" "$py" benchmarks/run.py \
   --backends rnnjax,rnnjax-fused,rnnjax-remat,flax,equinox,torch,cudnn \
   --rounds "${ROUNDS:-8}" --min_sample "${MIN_SAMPLE:-0.05}" \
   --sweep_lengths 1000,10000 --out "$out/bench" >>"$log" 2>&1
 echo "benchmark exit status $?" | tee -a "$log"
 
 step "main job, smoke run"
-timeout "${SMOKE_S:-60}" "$py" experiments/vanishing_gradients.py --forget_train \
+timeout "${SMOKE_S:-180}" "$py" experiments/vanishing_gradients.py --forget_train \
   --hidden_size 6 --lengths 8,16 --seeds 2 --batch_size 4 --sweep_len 10 \
   --train_lengths 10 --train_steps 4 --clip_steps 3 --eval_size 8 --scales 0.5,1.5 \
   --no-progress --out /tmp/rnnjax-smoke >>"$log" 2>&1
 echo "smoke exit status $?" | tee -a "$log"
 
 step "tests"
-timeout "${TEST_S:-100}" "$py" -m pytest -q -p no:cacheprovider -n 4 tests/test_scan.py \
+timeout "${TEST_S:-150}" "$py" -m pytest -q -p no:cacheprovider -n 4 tests/test_scan.py \
   tests/test_fused.py tests/test_remat.py tests/test_benchmark.py >"$out/pytest.log" 2>&1
 echo "tests exit status $?" | tee -a "$log"
 tail -3 "$out/pytest.log"
