@@ -41,6 +41,9 @@ class Config:
     num_layers: int = 1
     bidirectional: bool = False
     dropout: float = 0.0
+    remat: int = (
+        0  # long sequences: recompute the backward in chunks of this many steps; -1: sqrt(T)
+    )
     embed_dim: int = 0  # token tasks; 0: the hidden size
     forget_bias: float = 1.0  # LSTM only
     seq_len: int = 100  # adding: T; copy: the delay T; charlm: window length
@@ -77,6 +80,10 @@ class Config:
                 raise ValueError(f"--{field} must be >= 0; got {getattr(self, field)}.")
         if self.seq_len < 1:
             raise ValueError(f"--seq_len must be >= 1; got {self.seq_len}.")
+        if self.remat < -1:
+            raise ValueError(
+                f"--remat must be -1 (sqrt(T)), 0 (off) or a chunk length; got {self.remat}."
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"--dropout must lie in [0, 1); got {self.dropout}.")
         if self.cell not in rnnjax.CELLS:
@@ -166,6 +173,7 @@ def build_model(cfg: Config, task) -> SequenceModel:
         num_layers=cfg.num_layers,
         bidirectional=cfg.bidirectional,
         dropout_rate=cfg.dropout,
+        remat=True if cfg.remat == -1 else (cfg.remat or None),
         **options,
     )
     return SequenceModel(

@@ -108,6 +108,23 @@ def test_resume_continues_the_run(tmp_path):
     assert [r["step"] for r in rows] == list(range(1, 9))
 
 
+def test_remat_trains_the_same_model(tmp_path):
+    """--remat (recompute the backward in chunks of time) changes memory, not numbers."""
+    module = load()
+    base = ["--task", "adding", "--seq_len", "7", "--steps", "3", "--eval_every", "0"]
+    base += ["--save_every", "0", "--out", str(tmp_path)] + TINY
+    losses = {}
+    for remat in ("0", "3", "-1"):
+        assert module.main(base + ["--remat", remat, "--name", f"r{remat}"]) == 0
+        rows = (tmp_path / f"r{remat}" / "metrics.jsonl").read_text().splitlines()
+        losses[remat] = np.array([json.loads(x)["loss"] for x in rows])
+    assert losses["0"].shape == (3, 2)
+    np.testing.assert_allclose(losses["3"], losses["0"], rtol=1e-6)
+    np.testing.assert_allclose(losses["-1"], losses["0"], rtol=1e-6)
+    config = json.loads((tmp_path / "r3" / "config.json").read_text())
+    assert config["config"]["remat"] == 3
+
+
 @pytest.mark.parametrize(
     "argv,match",
     [
@@ -117,6 +134,7 @@ def test_resume_continues_the_run(tmp_path):
         (["--optimizer", "adamax"], "optimizer must be one of"),
         (["--dropout", "1.5"], r"--dropout must lie in \[0, 1\)"),
         (["--seeds", "0"], "--seeds must be >= 1; got 0"),
+        (["--remat", "-2"], r"--remat must be -1 \(sqrt\(T\)\), 0 \(off\) or a chunk length"),
     ],
 )
 def test_bad_config_values(tmp_path, argv, match):
