@@ -41,9 +41,8 @@ class Config:
     num_layers: int = 1
     bidirectional: bool = False
     dropout: float = 0.0
-    remat: int = (
-        0  # long sequences: recompute the backward in chunks of this many steps; -1: sqrt(T)
-    )
+    # Long sequences: recompute the backward in chunks of this many steps; -1: sqrt(T).
+    remat: int = 0
     embed_dim: int = 0  # token tasks; 0: the hidden size
     forget_bias: float = 1.0  # LSTM only
     seq_len: int = 100  # adding: T; copy: the delay T; charlm: window length

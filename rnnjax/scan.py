@@ -80,7 +80,7 @@ def scan(
         ``return_carries``; no forward-mode ``jax.jvp``). ``"auto"`` (default):
         ``"fused"`` on a GPU wherever it applies, ``"autodiff"`` elsewhere
         (:func:`auto_vjp`). Measured training steps: on an H200 the fused backward was
-        1.13-1.35x faster than JAX's for every cell and benchmark size (and took less
+        1.16-1.35x faster than JAX's for every cell and benchmark size (and took less
         memory); on this project's 2-core CPU, where the projection runs inside the
         loop, it was slower. Both give the same numbers up to rounding. Forward-mode
         differentiation (``jax.jvp``, ``jax.jacfwd``) through ``scan`` on a GPU needs
@@ -244,8 +244,8 @@ def auto_vjp() -> str:
     """What ``vjp="auto"`` uses where the fused backward applies: ``"fused"`` on a GPU
     (measured faster there), ``"autodiff"`` elsewhere. ``RNNJAX_VJP=fused`` /
     ``autodiff`` overrides, for measuring."""
-    forced = os.environ.get("RNNJAX_VJP")
-    if forced in ("fused", "autodiff"):
+    forced = _env_choice("RNNJAX_VJP", ("fused", "autodiff"))
+    if forced is not None:
         return forced
     return "fused" if jax.default_backend() == "gpu" else "autodiff"
 
@@ -253,10 +253,21 @@ def auto_vjp() -> str:
 def hoist_projection() -> bool:
     """Whether the input projection runs as one matmul before the time loop (GPU, TPU)
     rather than inside it (CPU). ``RNNJAX_HOIST=1`` / ``0`` overrides, for measuring."""
-    forced = os.environ.get("RNNJAX_HOIST")
-    if forced in ("0", "1"):
+    forced = _env_choice("RNNJAX_HOIST", ("0", "1"))
+    if forced is not None:
         return forced == "1"
     return jax.default_backend() != "cpu"
+
+
+def _env_choice(name: str, allowed: tuple[str, ...]) -> str | None:
+    """The value of the override ``name`` (``None`` when unset or empty); a value
+    outside ``allowed`` is an error, never silently the default."""
+    value = os.environ.get(name, "")
+    if value == "":
+        return None
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed} or unset; got {value!r}.")
+    return value
 
 
 def _fused_blockers(cell, params, dtype, carry, unroll, perturbation, return_carries) -> list[str]:

@@ -140,6 +140,13 @@ def test_auto_takes_the_fused_backward_where_it_is_faster_and_applies(monkeypatc
     assert not uses_fused(perturbation=rnnjax.Perturbation(carry=eps))
     monkeypatch.setenv("RNNJAX_VJP", "autodiff")
     assert not uses_fused()
+    monkeypatch.setenv("RNNJAX_VJP", "fuse")  # a typo is an error, not the default
+    with pytest.raises(ValueError, match="RNNJAX_VJP must be one of .* got 'fuse'"):
+        uses_fused()
+    monkeypatch.setenv("RNNJAX_VJP", "")
+    monkeypatch.setenv("RNNJAX_HOIST", "yes")
+    with pytest.raises(ValueError, match="RNNJAX_HOIST must be one of"):
+        uses_fused()
 
 
 @pytest.mark.parametrize("hoist", ["0", "1"])
