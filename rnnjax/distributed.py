@@ -182,7 +182,13 @@ def parallel_step(
         placed = zip(jax.tree.leaves(state), leaf_sh)
         if any(getattr(x, "sharding", None) != sh for x, sh in placed):
             state = place_state(state, mesh, layout)
-        return jitted(state, shard(batch, mesh, batch_axis))
+        batch = shard(batch, mesh, batch_axis)
+        if layout == "seeds":
+            return jitted(state, batch)
+        # Under the mesh, rnnjax.scan runs its loop device by device on the batch
+        # slices (shard_map), so the weights' gradient is summed once, not per step.
+        with jax.set_mesh(mesh):
+            return jitted(state, batch)
 
     return step
 

@@ -318,3 +318,100 @@ def test_scaling_benchmark_runs(tmp_path):
     assert set(results) == {"data", "sharded", "seeds"}
     assert results["sharded"]["state_bytes_per_device"] < results["data"]["state_bytes_per_device"]
     assert "| 2 | seeds | 2 x 4 |" in (tmp_path / "scaling.md").read_text()
+
+
+@pytest.mark.slow
+def test_scan_runs_its_loop_per_device_under_a_mesh():
+    """Three routes to one loss and its gradients, for every cell, with lengths, reverse,
+    the fused backward and remat: one device; jit over a batch split 4 ways under
+    ``jax.set_mesh`` (what ``parallel_step`` does: the loop runs per device); and the
+    user's own ``shard_map`` with the default zero carry. Under the mesh no collective
+    sits inside a loop, where the partitioner alone puts one in the backward."""
+    r = _run(
+        """
+        import re, sys
+        sys.path.insert(0, "tests")
+        from helpers import CELLS, random_carry, randomize
+        from jax.sharding import NamedSharding, PartitionSpec as P
+
+        mesh = distributed.data_mesh(4)
+        B, T, I, H = 8, 7, 3, 5
+
+        def in_loop_collectives(text):
+            # Collectives in computations a while loop's body reaches.
+            comps = {c.split()[0].lstrip("%"): c for c in re.split(r"\\n(?=\\S)", text)
+                     if c.split()}
+            todo = re.findall(r"body=%([\\w.\\-]+)", text)
+            seen = set()
+            while todo:
+                name = todo.pop()
+                if name not in seen and name in comps:
+                    seen.add(name)
+                    todo += re.findall(r"(?:calls|body|condition)=%([\\w.\\-]+)", comps[name])
+            pattern = r"all-reduce\\(|all-gather\\(|collective-permute\\(|all-to-all\\("
+            return sum(len(re.findall(pattern, comps[n])) for n in seen)
+
+        def diff(a, b):
+            return max(float(jnp.max(jnp.abs(x - y))) for x, y in
+                       zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+        out = {}
+        rep, split = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+        cases = [(n, v, None, v == "fused") for n in sorted(CELLS) for v in ("autodiff", "fused")]
+        cases += [("lstm", "autodiff", 3, True), ("gru", "autodiff", 3, False)]
+        for name, vjp, remat, reverse in cases:
+            cell = CELLS[name][0](H)
+            if vjp == "fused" and cell.recur_z is None:
+                continue
+            k = jax.random.split(jax.random.key(len(out)), 6)
+            params = randomize(cell.init(k[0], I), k[1])
+            xs = jax.random.normal(k[2], (B, T, I))
+            carry = random_carry(cell, (B,), k[3])
+            w_y = jax.random.normal(k[4], (B, T, H))
+            lengths = jax.random.randint(k[5], (B,), 0, T + 1)
+            kw = dict(reverse=reverse, vjp=vjp, remat=remat)
+
+            def loss(params, xs, carry, w_y, lengths, kw=kw, cell=cell):
+                final, ys = rnnjax.scan(cell, params, xs, carry, lengths=lengths, **kw)
+                tail = sum(jnp.sum(jnp.sin(a)) for a in jax.tree.leaves(final))
+                return jnp.sum(jnp.tanh(ys) * w_y) + tail
+
+            vg = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
+            args = (params, xs, carry, w_y, lengths)
+            one = vg(*args)
+            placed = (jax.device_put(params, rep),) + tuple(
+                jax.device_put(a, split) for a in args[1:])
+            with jax.set_mesh(mesh):
+                compiled = vg.lower(*placed).compile()
+            row = dict(mesh=diff(one, compiled(*placed)), scale=diff(one, jax.tree.map(
+                jnp.zeros_like, one)), under_mesh=in_loop_collectives(compiled.as_text()))
+            if (name, vjp, remat) == ("lstm", "autodiff", None):
+                row["plain"] = in_loop_collectives(vg.lower(*placed).compile().as_text())
+
+            # The user's shard_map: each device its slice, the carry left to scan.
+            def zero_carry(params, xs, w_y, lengths, kw=kw, cell=cell):
+                _, ys = rnnjax.scan(cell, params, xs, lengths=lengths, **kw)
+                return jnp.sum(jnp.tanh(ys) * w_y)
+
+            def local(*a):
+                return jax.lax.psum(zero_carry(*a), "data")
+
+            if remat is None:
+                sm = jax.shard_map(local, mesh=mesh, out_specs=P(),
+                                   in_specs=(P(), P("data"), P("data"), P("data")))
+                a = jax.jit(jax.value_and_grad(zero_carry, argnums=(0, 1)))(
+                    params, xs, w_y, lengths)
+                b = jax.jit(jax.value_and_grad(sm, argnums=(0, 1)))(*placed[:2], *placed[3:])
+                row["user"] = diff(a, b)
+            out[f"{name}/{vjp}/{remat}"] = row
+        print(json.dumps(out))
+        """
+    )
+    assert len(r) == 11  # 5 cells x 2 backwards (no fused GRU with the reset before) + 2
+    for case, d in r.items():
+        assert d["mesh"] < 1e-5 * max(1.0, d["scale"]), (case, d)
+        assert d.get("user", 0) < 1e-5 * max(1.0, d["scale"]), (case, d)
+        assert d["under_mesh"] == 0, case  # the loop is each device's own
+    # Without the mesh, the partitioner sums the weights' gradient inside the backward
+    # loop: the check above can see a collective there.
+    assert r["lstm/autodiff/None"]["plain"] > 0
