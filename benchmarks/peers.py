@@ -122,22 +122,40 @@ def _require(module: str, extra: str):
 # --------------------------------------------------------------------------- JAX
 
 
-def _jax_impl(forward, params, x, y, to_torch, *, jit=None, value_and_grad=None) -> Impl:
-    """Jit-compiled inference and training step for a JAX ``forward(params, x)``."""
+def _jax_impl(forward, params, x, y, to_torch, *, jit=None, value_and_grad=None, mesh=None) -> Impl:
+    """Jit-compiled inference and training step for a JAX ``forward(params, x)``; with
+    a ``mesh``, the batch split over its devices and the calls made under it (what
+    ``rnnjax.distributed.parallel_step`` does)."""
+    import contextlib
+
     import jax
     import jax.numpy as jnp
 
     jit = jit or jax.jit
     value_and_grad = value_and_grad or jax.value_and_grad
     x, y = jnp.asarray(x), jnp.asarray(y)
+    if mesh is not None:
+        from rnnjax import distributed
+
+        params = distributed.replicate(params, mesh)
+        x, y = distributed.shard(x, mesh, 0), distributed.shard(y, mesh, 0)
+    under = (lambda: jax.set_mesh(mesh)) if mesh is not None else contextlib.nullcontext
 
     def loss(p, x, y):
         return 0.5 * jnp.mean((forward(p, x) - y) ** 2)
 
     first = {}
     infer_jit, train_jit = jit(forward), jit(value_and_grad(loss))
-    infer_fn = _first_timed(first, "infer", infer_jit)
-    train_fn = _first_timed(first, "train", train_jit)
+
+    def placed(fn):
+        def call(*args):
+            with under():
+                return fn(*args)
+
+        return call
+
+    infer_fn = _first_timed(first, "infer", placed(infer_jit))
+    train_fn = _first_timed(first, "train", placed(train_jit))
     compiled = {}
 
     def memory(mode):
@@ -145,7 +163,8 @@ def _jax_impl(forward, params, x, y, to_torch, *, jit=None, value_and_grad=None)
             fn = infer_jit if mode == "infer" else train_jit
             args = (params, x) if mode == "infer" else (params, x, y)
             try:
-                m = fn.lower(*args).compile().memory_analysis()
+                with under():
+                    m = fn.lower(*args).compile().memory_analysis()
                 compiled[mode] = int(
                     m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
                 )
@@ -170,13 +189,30 @@ def _split(a: np.ndarray, g: int) -> list[np.ndarray]:
     return np.split(np.asarray(a), g, axis=0)
 
 
-def rnnjax_impl(cell: str, w, x, y, vjp: str = "auto", remat=None) -> Impl:
+def rnnjax_impl(cell: str, w, x, y, vjp: str = "auto", remat=None, devices=False) -> Impl:
     """``rnnjax.scan`` over ``rnnjax.lstm`` / ``gru`` / ``elman`` (batch-major input),
-    with the backward pass ``vjp`` names (``"fused"``: the cuDNN-style custom VJP) and
-    ``remat`` (``True``: rematerialised over chunks of sqrt(T) steps)."""
+    with the backward pass ``vjp`` names (``"fused"``: the cuDNN-style custom VJP),
+    ``remat`` (``True``: rematerialised over chunks of sqrt(T) steps) and, with
+    ``devices``, the batch split over every device JAX sees (on a CPU, host devices
+    forced with ``--host_devices``: XLA runs a small per-step matmul on one core, so a
+    batch split is how a loop uses several)."""
+    import jax
     import jax.numpy as jnp
 
     import rnnjax
+    from rnnjax import distributed
+
+    mesh = None
+    if devices:
+        n = len(jax.devices())
+        if n < 2:
+            raise Unavailable(
+                "one device: force host devices with --host_devices N (CPU), or run "
+                "where JAX sees several"
+            )
+        if x.shape[0] % n:
+            raise Unavailable(f"batch {x.shape[0]} does not split over {n} devices")
+        mesh = distributed.data_mesh()
 
     hidden = w["weight_hh"].shape[1]
     if cell == "gru":
@@ -207,7 +243,7 @@ def rnnjax_impl(cell: str, w, x, y, vjp: str = "auto", remat=None) -> Impl:
             out.update(bias_ih=np.asarray(g.b), bias_hh=np.asarray(g.b))
         return out
 
-    return _jax_impl(forward, params, x, y, to_torch)
+    return _jax_impl(forward, params, x, y, to_torch, mesh=mesh)
 
 
 FLAX_CELLS = {
@@ -441,7 +477,7 @@ BACKENDS = ("rnnjax", "flax", "equinox", "torch", "cudnn")
 # Timed only when named in --backends: rnnjax's other code paths, to measure them
 # against its default in the same run. They are rnnjax, not peers: the targets and the
 # "best peer" leave them out (:func:`is_ours`).
-VARIANTS = ("rnnjax-fused", "rnnjax-remat")
+VARIANTS = ("rnnjax-fused", "rnnjax-remat", "rnnjax-devices")
 
 
 def is_ours(name: str) -> bool:
@@ -463,11 +499,13 @@ def build(backend: str, cell: str, w, x, y) -> dict[str, Impl | Exception]:
             "cudnn": cudnn_impl,
             "rnnjax-fused": functools.partial(rnnjax_impl, vjp="fused"),
             "rnnjax-remat": functools.partial(rnnjax_impl, remat=True),
+            "rnnjax-devices": functools.partial(rnnjax_impl, devices=True),
         }[backend]
         name = {
             "cudnn": "jax.experimental.rnn (cuDNN)",
             "rnnjax-fused": "rnnjax (vjp=fused)",
             "rnnjax-remat": "rnnjax (remat=True)",
+            "rnnjax-devices": "rnnjax (batch over devices)",
         }.get(backend, backend)
         makers = {name: make}
     out = {}

@@ -9,6 +9,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from peers import is_ours  # noqa: E402
@@ -104,9 +106,47 @@ def targets(record: dict) -> list[str]:
                 f"measured matmul peak (target {100 * goal_peak:.0f}%: "
                 f"{'met' if f >= goal_peak else 'not met'})."
             )
+    lines += variant_targets(record)
     lines += gpu_targets(record)
     lines.append("")
     return lines
+
+
+def _ratio(record_row: dict, peer: str, variant: str) -> float:
+    """The peer's time / the variant's, per round, median."""
+    t = record_row["times"]
+    return float(np.median(np.array(t[peer]["samples_s"]) / np.array(t[variant]["samples_s"])))
+
+
+def variant_targets(record: dict) -> list[str]:
+    """rnnjax's variants against the same best peer and target as rnnjax itself (an
+    option a user turns on, so not the default the targets judge)."""
+    goal = record["targets"]["train_speedup_over_best_peer"]
+    lines = []
+    for r in record["rows"]:
+        peers = [n for n in r["times"] if not is_ours(n)]
+        variants = [n for n in r["times"] if is_ours(n) and n != "rnnjax"]
+        if not peers or not variants:
+            continue
+        best = min(peers, key=lambda n: r["times"][n]["median_s"])
+        target = goal if r["mode"] == "train" else 1.0
+        for v in variants:
+            s = _ratio(r, best, v)
+            lines.append(
+                f"| {r['config']} | {r['cell']} | {r['mode']} | {v} | {best} | "
+                f"{r['times'][v]['median_s'] * 1e3:.2f} | {s:.2f}x | {target:.2f}x | "
+                f"{'yes' if s >= target else 'no'} |"
+            )
+    if not lines:
+        return []
+    return [
+        "",
+        "rnnjax's variants (options, not the default) against the same best peer:",
+        "",
+        "| config | cell | mode | variant | best peer | variant ms | speed-up | target | met |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *lines,
+    ]
 
 
 def gpu_targets(record: dict) -> list[str]:
@@ -220,6 +260,12 @@ def header(record: dict) -> list[str]:
         f"{record['args']['min_sample']} s per backend; {_precision(record)}; FLOPs: "
         "2 G H (I + H) per token forward, 3x that for a training step.",
     ]
+    if record["args"].get("host_devices"):
+        lines.append(
+            f"JAX saw {record['args']['host_devices']} host devices "
+            "(`--host_devices`): the rnnjax-devices variant splits the batch over them; "
+            "every other JAX backend runs on one, as it would by default."
+        )
     if record.get("note"):
         lines.append(f"Note: {record['note']}")
     lines.append("")

@@ -383,9 +383,18 @@ def parse(argv=None):
     p.add_argument("--sweep_lengths", default="1000,3000,10000")
     p.add_argument("--peak_n", type=int, default=0, help="matmul size (0: 2048 CPU, 8192 GPU)")
     p.add_argument("--gate_only", action="store_true", help="check the backends, time nothing")
+    p.add_argument(
+        "--host_devices",
+        type=int,
+        default=0,
+        help="CPU: force this many host devices (for the rnnjax-devices variant; 0: JAX's "
+        "own count); set before JAX starts, so only in a fresh process",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="results/benchmarks")
     args = p.parse_args(argv)
+    if args.host_devices < 0:
+        p.error(f"--host_devices must be >= 0; got {args.host_devices}")
     args.configs = _names(args.configs, CONFIGS, "--configs")
     args.cells = _names(args.cells, peers.GATES, "--cells")
     args.backends = _names(args.backends, peers.BACKENDS + peers.VARIANTS, "--backends")
@@ -407,8 +416,32 @@ def _names(text: str, allowed, flag: str) -> list[str]:
     return names
 
 
+def force_host_devices(count: int) -> None:
+    """Make JAX's CPU backend show ``count`` devices (``XLA_FLAGS``), before JAX starts.
+
+    Raises:
+      SystemExit: JAX has already started in this process with another count.
+    """
+    if not count:
+        return
+    if "jax" in sys.modules:
+        import jax
+
+        have = len(jax.devices("cpu"))
+        if have != count:
+            raise SystemExit(
+                f"--host_devices {count}: JAX already started in this process with {have} "
+                "host device(s); run the benchmark in a fresh process."
+            )
+        return
+    flag = "--xla_force_host_platform_device_count"
+    flags = re.sub(rf"{flag}=\S+", "", os.environ.get("XLA_FLAGS", ""))
+    os.environ["XLA_FLAGS"] = f"{flags} {flag}={count}".strip()
+
+
 def main(argv=None) -> int:
     args = parse(argv)
+    force_host_devices(args.host_devices)
     import jax
 
     gpu = jax.default_backend() == "gpu"

@@ -4,6 +4,8 @@ the benchmark, never asserted here."""
 
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -40,6 +42,7 @@ EXPECTED = {
 
 
 VARIANTS = {"rnnjax (vjp=fused)", "rnnjax (remat=True)"}
+DEVICES = "rnnjax (batch over devices)"
 CUDNN = "jax.experimental.rnn (cuDNN)"
 
 
@@ -67,14 +70,22 @@ def test_gate_every_backend_computes_the_same_function(tmp_path):
 
 
 def test_rnnjax_variants_pass_the_gate():
-    """rnnjax's variants (fused backward, remat) as the benchmark builds them."""
+    """rnnjax's variants (fused backward, remat) as the benchmark builds them; the one
+    that splits the batch over devices is skipped, with the reason, on one device."""
+    import jax
+
     pytest.importorskip("torch")
     run = load("run")
-    peers, w, x, y = _data("lstm")
+    peers, w, x, y = _data("lstm", batch=4)
     impls = {}
     for backend in peers.VARIANTS:
         impls.update(peers.build(backend, "lstm", w, x, y))
-    assert set(impls) == VARIANTS
+    if len(jax.devices()) == 1:
+        skipped = impls.pop(DEVICES)
+        assert isinstance(skipped, peers.Unavailable) and "--host_devices" in str(skipped)
+        assert set(impls) == VARIANTS
+    else:
+        assert set(impls) == VARIANTS | {DEVICES}
     report = run.gate("lstm", impls, w, x, y, 1e-5, 1e-4)
     assert all(r["ok"] and r["grad_reference"] == "torch float64" for r in report.values())
 
@@ -217,7 +228,9 @@ def test_an_interrupted_run_keeps_what_it_timed(tmp_path, monkeypatch):
 
 
 def _row(config, mode, medians, speedups):
-    times = {n: {"median_s": m, "fraction_of_peak": 0.5} for n, m in medians.items()}
+    times = {
+        n: {"median_s": m, "samples_s": [m], "fraction_of_peak": 0.5} for n, m in medians.items()
+    }
     sp = {n: {"median": v, "q1": v, "q3": v} for n, v in speedups.items()}
     return {"config": config, "cell": "lstm", "mode": mode, "times": times, "speedup": sp}
 
@@ -246,6 +259,45 @@ def test_targets_leave_rnnjax_variants_out_of_the_peers():
     assert f"| small | train | {CUDNN} | 1.11 | yes | flax/LSTMCell | 2.50x | yes |" in text
     record["environment"]["backend"] = "cpu"
     assert "GPU, LSTM" not in "\n".join(report.targets(record))
+    # The variants get their own lines, against the same best peer (cuDNN's 1.8).
+    line = f"| rnnjax (vjp=fused) | {CUDNN} | 1000.00 | 1.80x | 1.25x | yes |"
+    assert line in "\n".join(report.targets(record))
+
+
+@pytest.mark.slow
+def test_the_devices_variant_passes_the_gate_on_two_host_devices(tmp_path):
+    """``--host_devices 2`` in a fresh process: JAX sees two CPU devices, the variant that
+    splits the batch over them reproduces the float64 reference, forward and backward."""
+    pytest.importorskip("torch")
+    cmd = [
+        sys.executable, str(ROOT / "benchmarks" / "run.py"), "--configs", "tiny",
+        "--cells", "lstm,gru", "--backends", "rnnjax,rnnjax-devices", "--gate_only",
+        "--host_devices", "2", "--out", str(tmp_path),
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((tmp_path / "benchmark.json").read_text())
+    assert (
+        "--xla_force_host_platform_device_count=2" in record["environment"]["threads"]["XLA_FLAGS"]
+    )
+    assert not record["skipped"]
+    for g in record["gates"]:
+        r = g["backends"][DEVICES]
+        assert r["ok"] and r["grad_reference"] == "torch float64", (g["cell"], r)
+    assert "JAX saw 2 host devices" in "\n".join(load("report").header(record))
+
+
+def test_host_devices_cannot_change_a_running_jax():
+    import jax
+
+    run = load("run")
+    have = len(jax.devices("cpu"))
+    run.force_host_devices(have)  # what it already is: nothing to do
+    with pytest.raises(SystemExit, match="JAX already started in this process with"):
+        run.force_host_devices(have + 1)
+    with pytest.raises(SystemExit):
+        run.parse(["--host_devices", "-1"])
 
 
 def test_bad_flags_name_the_flag():
