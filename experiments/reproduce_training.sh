@@ -23,5 +23,5 @@ for cell in rnn_tanh lstm gru; do
   run --task charlm --cell "$cell" --seq_len 100 --hidden_size 128 --batch_size 32 \
       --learning_rate 3e-3 --steps 2000 --schedule cosine --eval_size 256 --name "charlm-$cell"
 done
-"$PY" experiments/report.py "$OUT"/* > results/training.md
+"$PY" experiments/train_report.py "$OUT"/* > results/training.md
 cat results/training.md

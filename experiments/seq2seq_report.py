@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from report import command_line  # noqa: E402
 from seq2seq import Config  # noqa: E402
+from train_report import command_line  # noqa: E402
 
 
 def _load(runs):

@@ -237,7 +237,8 @@ def test_report_table_reads_the_summaries(tmp_path):
         "gru",
     ] + TINY
     assert module.main(argv) == 0
-    spec = importlib.util.spec_from_file_location("report_script", SCRIPT.parent / "report.py")
+    path = SCRIPT.parent / "train_report.py"
+    spec = importlib.util.spec_from_file_location("report_script", path)
     report = importlib.util.module_from_spec(spec)
     sys.modules["report_script"] = report
     spec.loader.exec_module(report)

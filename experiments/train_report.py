@@ -1,6 +1,6 @@
 """Markdown tables from run folders: every number read from a ``summary.json``.
 
-    python experiments/report.py runs/adding-* runs/copy-* > results/training.md
+    python experiments/train_report.py runs/adding-* runs/copy-* > results/training.md
 
 One row per run: task, cell, size, the held-out metrics (mean ± std over seeds, and
 each seed), the baseline, steps, wall time, and the command that reproduces it.
