@@ -329,3 +329,93 @@ def test_first_call_is_recorded_once_whoever_makes_it():
     impl = peers.rnnjax_impl("lstm", w, x, y)
     impl.result()  # what the gate does: compiles both functions
     assert set(impl.first_call_s) == {"train", "infer"}
+
+
+def _dot_flops(jaxpr) -> int:
+    """Every ``dot_general``'s FLOPs in ``jaxpr`` (2 x output size x contracted size),
+    sub-jaxprs included, a scan's body times its length."""
+    import math
+
+    from jax.extend.core import ClosedJaxpr, Jaxpr
+
+    total = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            (contract, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval.shape
+            k = math.prod(lhs[d] for d in contract)
+            total += 2 * k * math.prod(eqn.outvars[0].aval.shape)
+        times = eqn.params.get("length", 1) if eqn.primitive.name == "scan" else 1
+        for p in eqn.params.values():
+            for sub in p if isinstance(p, (tuple, list)) else (p,):
+                if isinstance(sub, ClosedJaxpr):
+                    total += times * _dot_flops(sub.jaxpr)
+                elif isinstance(sub, Jaxpr):
+                    total += times * _dot_flops(sub)
+    return total
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_least_matmul_flops_are_what_the_training_step_does(cell):
+    """The report's least work (``2 G H (2I + 3H)`` per token for a training step, the
+    forward count for inference), against the matmuls counted in the jaxpr of the step
+    the benchmark times for rnnjax (``peers.rnnjax_impl``: the loss over every output,
+    the gradient of the params only). I != H, so a count off by the input's gradient
+    would show."""
+    import jax
+    import jax.numpy as jnp
+
+    import rnnjax
+
+    run, report = load("run"), load("report")
+    batch, steps, inputs, hidden = 3, 7, 5, 6
+    _, _, x, y = _data(cell, batch, steps, inputs, hidden)
+
+    core = {"lstm": rnnjax.lstm, "gru": rnnjax.gru, "rnn": rnnjax.elman}[cell](hidden)
+    params = core.init(jax.random.PRNGKey(0), inputs)
+
+    def forward(p, x):
+        return rnnjax.scan(core, p, x, vjp="autodiff")[1]
+
+    def loss(p, x, y):
+        return 0.5 * jnp.mean((forward(p, x) - y) ** 2)
+
+    counted = {
+        "train": _dot_flops(jax.make_jaxpr(jax.value_and_grad(loss))(params, x, y).jaxpr),
+        "infer": _dot_flops(jax.make_jaxpr(forward)(params, x).jaxpr),
+    }
+    for mode in ("train", "infer"):
+        row = {
+            "mode": mode,
+            "shape": {"batch": batch, "steps": steps, "inputs": inputs, "hidden": hidden},
+            "flops_per_call": run.flops_per_call(cell, mode, batch, steps, inputs, hidden),
+        }
+        assert report.least_matmul_flops(row) == counted[mode], mode
+    # The stated 3x count is more than the step does: it holds the input's gradient.
+    assert run.flops_per_call(cell, "train", batch, steps, inputs, hidden) > counted["train"]
+
+
+def test_the_targets_say_what_share_of_the_peak_each_needs():
+    report = load("report")
+    shape = {"batch": 2, "steps": 10, "inputs": 4, "hidden": 4}
+    # Stated count 3 * 1e9 FLOPs: the least work is 1e9 * (2*4 + 3*4) / (4 + 4) = 2.5e9.
+    row = {**_row("large", "train", {"rnnjax": 0.05, "torch": 0.04}, {"torch": 0.8})}
+    row.update(shape=shape, flops_per_call=3e9)
+    record = {
+        "rows": [row],
+        "matmul_peak": {"peak_gflops": 100.0},
+        "targets": {"train_speedup_over_best_peer": 1.25, "large_fraction_of_peak": 0.8},
+        "environment": {"backend": "cpu"},
+    }
+    # 1.25x over torch's 40 ms allows 32 ms; 2.5e9 FLOPs in 32 ms at 100 GFLOP/s: 78%.
+    assert report.needed_fraction_of_peak(row, 0.032, 100.0) == pytest.approx(2.5e9 / 0.032 / 1e11)
+    text = "\n".join(report.targets(record))
+    assert "| large | lstm | train | torch | 40.00 | 50.00 | 0.80x | 1.25x | no | 78% |" in text
+    assert "Rows that need more than the measured peak" not in text
+    assert "the highest any backend ran at here: training step 62% (torch, large lstm)" in text
+    row["times"]["torch"]["median_s"] = 0.02  # now 2.5e9 FLOPs in 16 ms: 156%
+    text = "\n".join(report.targets(record))
+    assert "| no | 156% |" in text
+    assert "Rows that need more than the measured peak: large lstm train." in text
+    record["matmul_peak"] = None
+    assert "| no | n/a |" in "\n".join(report.targets(record))
