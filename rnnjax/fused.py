@@ -13,8 +13,12 @@ are one matmul each after the loop too, wherever the forward ran the projection.
 
 It needs the cell's recurrence split at its one recurrent matmul, ``z_t = h_{t-1} W_h``
 (``cell.recur_z``, with ``params.w_h`` and ``cell.output(carry) = h``); cells without it
-use the plain scan. The numbers are the plain scan's up to float rounding: tested
-against it in outputs and gradients, with lengths and reverse.
+use the plain scan. Where the cell also writes its step's backward out
+(``cell.recur_z_vjp``: the LSTM, GRU and Elman cells), the forward saves what that
+backward reads (the gate activations) and the backward loop runs it, as cuDNN does;
+otherwise each backward step differentiates the step again with ``jax.vjp``. The
+numbers are the plain scan's up to float rounding: tested against it in outputs and
+gradients, with lengths and reverse.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from rnnjax.cells.base import Cell, PyTree
+from rnnjax.cells.base import Cell, PyTree, dense_backward
 
 Array = jax.Array
 
@@ -64,63 +68,105 @@ def fused_scan(cell: Cell, reverse: bool, in_loop: bool, params, xs, carry: PyTr
 
 def _forward(cell, reverse, in_loop, params, xs, carry, mask):
     small = _pointwise_params(params)
+    step_vjp = cell.recur_z_vjp
 
     def body(carry, inputs):
         xp_t, valid = inputs
         if in_loop:
             xp_t = cell.project(params, xp_t)
-        h = cell.output(carry)
-        z = _matmul(h, params.w_h)
-        new, y = _step(cell, params, small, carry, xp_t, z, valid)
-        return new, (y, carry, z)
+        z = _matmul(cell.output(carry), params.w_h)
+        if step_vjp is None:
+            new, y = _step(cell, params, small, carry, xp_t, z, valid)
+            return new, (y, carry, (xp_t, z) if in_loop else z)
+        (new, y), saved = step_vjp.fwd(params, carry, xp_t, z)
+        new, y = _mask(valid, new, y, carry)
+        return new, (y, carry, saved)
 
     xp = xs if in_loop else cell.project(params, xs)
-    final, (ys, carries, zs) = jax.lax.scan(body, carry, (xp, mask), reverse=reverse)
-    return (final, ys), (carries, zs)
+    final, (ys, carries, saved) = jax.lax.scan(body, carry, (xp, mask), reverse=reverse)
+    return (final, ys), (carries, saved)
+
+
+def _mask(valid, new, y, carry):
+    """Padded steps (``valid`` false) keep the carry and emit zeros."""
+    if valid is None:
+        return new, y
+    keep = valid[..., None]
+    new = jax.tree.map(lambda n, o: jnp.where(keep, n, o), new, carry)
+    return new, jnp.where(keep, y, jnp.zeros_like(y))
 
 
 def _fwd(cell, reverse, in_loop, params, xs, carry, mask):
-    out, (carries, zs) = _forward(cell, reverse, in_loop, params, xs, carry, mask)
-    return out, (params, xs, mask, carries, zs)
+    out, (carries, saved) = _forward(cell, reverse, in_loop, params, xs, carry, mask)
+    return out, (params, xs, mask, carries, saved)
 
 
 def _bwd(cell, reverse, in_loop, residuals, cotangents):
-    params, xs, mask, carries, zs = residuals
+    params, xs, mask, carries, saved = residuals
     d_final, d_ys = cotangents
     small = _pointwise_params(params)
     w_h = params.w_h
-    # The input projection of every step again, as one matmul (cheap next to the loop),
-    # and its backward as one matmul after the loop.
-    xp, project_vjp = jax.vjp(cell.project, params, xs)
+    step_vjp = cell.recur_z_vjp
+    # The projection's backward runs once, after the loop, as matmuls over all steps
+    # (its forward output is used only where each step is differentiated again).
+    xp_all, project_vjp = jax.vjp(cell.project, params, xs)
 
-    def body(d_carry, inputs):
-        carry, xp_t, z_t, dy_t, valid = inputs
-
-        def f(carry, xp_t, z_t, small):
-            return _step(cell, params, small, carry, xp_t, z_t, valid)
-
-        _, vjp = jax.vjp(f, carry, xp_t, z_t, small)
-        d_prev, d_xp, d_z, d_small = vjp((d_carry, dy_t))
+    def recurrent_input(d_z, carry, d_prev):
         # h_{t-1} fed z_t = h_{t-1} W_h: the one matmul left in the loop.
         d_h = (d_z @ w_h.T.astype(d_z.dtype)).astype(cell.output(carry).dtype)
-        d_prev = _add_to_output(cell, d_prev, d_h)
-        return d_prev, (d_xp, d_z, d_small)
+        return _add_to_output(cell, d_prev, d_h)
 
-    d_carry0, (d_xp, d_z, d_small) = jax.lax.scan(
-        body, d_final, (carries, xp, zs, d_ys, mask), reverse=not reverse
-    )
-    h_prev = cell.output(carries)  # [T, *batch, H]
-    hidden = h_prev.shape[-1]
-    d_w_h = (
-        h_prev.reshape(-1, hidden).astype(d_z.dtype).T @ d_z.reshape(-1, d_z.shape[-1])
-    ).astype(w_h.dtype)
-    d_params, d_xs = project_vjp(d_xp)
-    recurrent = params._replace(
-        w_h=d_w_h,
-        w_x=jnp.zeros_like(params.w_x),
-        **{k: jnp.sum(v, axis=0) for k, v in d_small.items()},
-    )
-    return jax.tree.map(jnp.add, d_params, recurrent), d_xs, d_carry0, None
+    if step_vjp is None:
+        # A cell without a written-out backward: differentiate each step again (its
+        # inputs saved by the forward where it projected inside the loop, else the
+        # projection above).
+        def body(d_carry, inputs):
+            carry, step_saved, xp_t, dy_t, valid = inputs
+            if in_loop:
+                xp_t, z_t = step_saved
+            else:
+                z_t = step_saved
+
+            def f(carry, xp_t, z_t, small):
+                return _step(cell, params, small, carry, xp_t, z_t, valid)
+
+            _, vjp = jax.vjp(f, carry, xp_t, z_t, small)
+            d_prev, d_xp, d_z, d_small = vjp((d_carry, dy_t))
+            return recurrent_input(d_z, carry, d_prev), (d_xp, d_z, d_small)
+
+        xp_in = None if in_loop else xp_all
+        d_carry0, (d_xp, d_z, d_small) = jax.lax.scan(
+            body, d_final, (carries, saved, xp_in, d_ys, mask), reverse=not reverse
+        )
+        d_params, d_xs = project_vjp(d_xp)
+        d_params = d_params._replace(
+            **{k: getattr(d_params, k) + jnp.sum(v, axis=0) for k, v in d_small.items()}
+        )
+    else:
+
+        def body(d_carry, inputs):
+            carry, step_saved, dy_t, valid = inputs
+            if valid is not None:  # a padded step passes the carry's cotangent through
+                keep = valid[..., None]
+                d_in = jax.tree.map(lambda d: jnp.where(keep, d, jnp.zeros_like(d)), d_carry)
+                dy_t = jnp.where(keep, dy_t, jnp.zeros_like(dy_t))
+            else:
+                d_in = d_carry
+            d_prev, d_z, extra = step_vjp.bwd(params, carry, step_saved, d_in, dy_t)
+            d_prev = recurrent_input(d_z, carry, d_prev)
+            if valid is not None:
+                d_prev = jax.tree.map(
+                    lambda a, d: a + jnp.where(keep, jnp.zeros_like(d), d), d_prev, d_carry
+                )
+            return d_prev, (d_z, extra)
+
+        d_carry0, (d_z, extra) = jax.lax.scan(
+            body, d_final, (carries, saved, d_ys, mask), reverse=not reverse
+        )
+        d_params, d_xs = step_vjp.finish(params, xs, d_z, extra)
+    # dW_h = H_prev^T dZ: one matmul over every step.
+    d_w_h, _ = dense_backward(cell.output(carries), w_h, d_z)
+    return d_params._replace(w_h=d_params.w_h + d_w_h), d_xs, d_carry0, None
 
 
 def _add_to_output(cell: Cell, d_carry, d_h):

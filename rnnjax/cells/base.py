@@ -45,6 +45,9 @@ class Cell(NamedTuple):
         one recurrent matmul ``z_t = output(carry) @ params.w_h`` from outside (and
         reading no ``w_x`` / ``w_h``), or ``None``. With it, :mod:`rnnjax.fused` forms
         the recurrent weight gradient as one matmul after the backward loop.
+      recur_z_vjp: ``recur_z``'s step written out forward and backward
+        (:class:`StepVJP`), or ``None``; :mod:`rnnjax.fused` then saves what the
+        backward reads instead of differentiating each step again.
     """
 
     init: Callable[..., PyTree]
@@ -57,6 +60,45 @@ class Cell(NamedTuple):
     output: Callable[[PyTree], Array]
     gates: Callable[..., dict] | None
     recur_z: Callable[..., tuple[PyTree, Array]] | None = None
+    recur_z_vjp: StepVJP | None = None
+
+
+class StepVJP(NamedTuple):
+    """``recur_z`` with its backward written out, as cuDNN does for its cells.
+
+    Attributes:
+      fwd: ``fwd(params, carry, xp_t, z_t) -> ((carry', y), saved)``: ``recur_z``'s
+        result and what ``bwd`` reads (e.g. the gate activations), a pytree of arrays.
+      bwd: ``bwd(params, carry, saved, d_carry', d_y) -> (d_carry, d_z_t, extra)``:
+        the cotangents of ``recur_z``'s inputs that the backward loop needs at each
+        step. ``d_carry`` leaves out the path through ``z_t`` (the driver adds
+        ``d_z_t W_h^T``); ``extra`` is whatever else ``finish`` needs (or ``None``).
+      finish: ``finish(params, xs, d_z, extra) -> (d_params, d_xs)``, after the loop,
+        over every step at once (``xs [T, *batch, I]``, ``d_z`` and ``extra`` stacked
+        the same way): the gradients of every parameter but ``w_h`` (zero there; the
+        driver forms it) and of ``xs``, through ``project`` and ``recur_z``.
+
+    Tested against ``jax.vjp(recur_z, ...)``.
+    """
+
+    fwd: Callable[..., tuple[tuple[PyTree, Array], PyTree]]
+    bwd: Callable[..., tuple[PyTree, Array, PyTree]]
+    finish: Callable[..., tuple[PyTree, Array]]
+
+
+def sum_over_batch(a: Array) -> Array:
+    """``a [..., F]`` summed over every leading dimension: ``[F]``."""
+    return a.reshape(-1, a.shape[-1]).sum(axis=0)
+
+
+def dense_backward(xs: Array, w: Array, d_out: Array) -> tuple[Array, Array]:
+    """``(d_w, d_xs)`` of ``xs @ w`` given ``d_out``, each as one 2-D matmul over every
+    leading dimension (batched over them, XLA:CPU transposed the whole cotangent)."""
+    x2 = xs.reshape(-1, xs.shape[-1]).astype(d_out.dtype)
+    d2 = d_out.reshape(-1, d_out.shape[-1])
+    d_w = (x2.T @ d2).astype(w.dtype)
+    d_xs = (d2 @ w.T.astype(d2.dtype)).reshape(xs.shape).astype(xs.dtype)
+    return d_w, d_xs
 
 
 def gate_init(

@@ -12,17 +12,27 @@ from rnnjax.cells.base import (
     Array,
     Cell,
     Initializer,
+    StepVJP,
     check_input,
     check_positive_int,
     compute_dtype,
+    dense_backward,
     initialize,
     resolve_batch_shape,
+    sum_over_batch,
 )
 
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "tanh": jnp.tanh,
     "relu": jax.nn.relu,
     "identity": lambda z: z,
+}
+# Each named activation's derivative, read off its output y = phi(z) (JAX's own
+# convention at relu's kink: 0).
+DERIVATIVES: dict[str, Callable[[Array], Array]] = {
+    "tanh": lambda y: 1 - y * y,
+    "relu": lambda y: (y > 0).astype(y.dtype),
+    "identity": jnp.ones_like,
 }
 
 
@@ -108,6 +118,29 @@ def elman(
     def step(params: ElmanParams, h: Array, x: Array) -> tuple[Array, Array]:
         return recur(params, h, project(params, x))
 
+    derivative = DERIVATIVES.get(activation) if isinstance(activation, str) else None
+
+    def recur_z_fwd(params: ElmanParams, h: Array, xp: Array, z: Array):
+        pre = xp + z
+        h_new = phi(pre).astype(h.dtype)
+        # A named activation's derivative comes from the output; any other from the
+        # pre-activation, through JAX.
+        return (h_new, h_new), (h_new if derivative is not None else pre)
+
+    def recur_z_bwd(params: ElmanParams, h: Array, saved: Array, d_new: Array, d_y: Array):
+        d_h = d_new + d_y
+        if derivative is not None:
+            d_pre = d_h * derivative(saved)
+        else:
+            d_pre = jax.vjp(phi, saved)[1](d_h.astype(saved.dtype))[0]
+        return jnp.zeros_like(h), d_pre, None
+
+    def recur_z_finish(params: ElmanParams, xs: Array, d_z: Array, extra):
+        # z and the projection enter as a sum: the same cotangent.
+        d_w_x, d_xs = dense_backward(xs, params.w_x, d_z)
+        d_b = sum_over_batch(d_z).astype(params.b.dtype)
+        return ElmanParams(w_x=d_w_x, w_h=jnp.zeros_like(params.w_h), b=d_b), d_xs
+
     return Cell(
         init=init,
         initial_carry=initial_carry,
@@ -119,4 +152,5 @@ def elman(
         output=lambda h: h,
         gates=None,
         recur_z=recur_z,
+        recur_z_vjp=StepVJP(recur_z_fwd, recur_z_bwd, recur_z_finish),
     )

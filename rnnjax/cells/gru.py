@@ -11,12 +11,15 @@ from rnnjax.cells.base import (
     Array,
     Cell,
     Initializer,
+    StepVJP,
     check_input,
     check_positive_int,
     compute_dtype,
+    dense_backward,
     gate_init,
     initialize,
     resolve_batch_shape,
+    sum_over_batch,
 )
 
 NUM_GATES = 3
@@ -130,6 +133,36 @@ def gru(
     def step(params: GRUParams, h: Array, x: Array) -> tuple[Array, Array]:
         return recur(params, h, project(params, x))
 
+    def recur_z_fwd(params: GRUParams, h: Array, xp, z: Array):
+        a = z + params.b_h.astype(z.dtype)
+        g = gates_a(xp, a)
+        h_new, y = update(h, g)
+        saved = jnp.concatenate([g["reset"], g["update"], g["candidate"], a[..., 2 * H :]], -1)
+        return (h_new, y), saved
+
+    def recur_z_bwd(params: GRUParams, h: Array, saved, d_new: Array, d_y: Array):
+        r, u, n, a_n = jnp.split(saved, 4, axis=-1)
+        d_h = d_new + d_y
+        # h' = (1 - u) n + u h;  n = tanh(x_n + r a_n);  r, u sigmoids.
+        d_n = d_h * (1 - u) * (1 - n * n)
+        d_x_r = d_n * a_n * r * (1 - r)
+        d_x_u = d_h * (h.astype(u.dtype) - n) * u * (1 - u)
+        d_z = jnp.concatenate([d_x_r, d_x_u, d_n * r], axis=-1)
+        return (d_h * u).astype(h.dtype), d_z, d_n
+
+    def recur_z_finish(params: GRUParams, xs: Array, d_z: Array, d_n: Array):
+        # The reset and update gates' inputs are sums of x and z parts; the
+        # candidate's x part is not multiplied by r.
+        d_xp = jnp.concatenate([d_z[..., : 2 * H], d_n], axis=-1)
+        d_w_x, d_xs = dense_backward(xs, params.w_x, d_xp)
+        grads = GRUParams(
+            w_x=d_w_x,
+            w_h=jnp.zeros_like(params.w_h),
+            b_x=sum_over_batch(d_xp).astype(params.b_x.dtype),
+            b_h=sum_over_batch(d_z).astype(params.b_h.dtype),
+        )
+        return grads, d_xs
+
     return Cell(
         init=init,
         initial_carry=initial_carry,
@@ -141,4 +174,5 @@ def gru(
         output=lambda h: h,
         gates=gates,
         recur_z=recur_z if reset_after else None,  # reset-before has r inside the matmul
+        recur_z_vjp=StepVJP(recur_z_fwd, recur_z_bwd, recur_z_finish) if reset_after else None,
     )

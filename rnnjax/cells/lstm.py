@@ -11,12 +11,15 @@ from rnnjax.cells.base import (
     Array,
     Cell,
     Initializer,
+    StepVJP,
     check_input,
     check_positive_int,
     compute_dtype,
+    dense_backward,
     gate_init,
     initialize,
     resolve_batch_shape,
+    sum_over_batch,
 )
 
 NUM_GATES = 4
@@ -125,6 +128,38 @@ def lstm(
     def step(params: LSTMParams, carry: LSTMCarry, x: Array) -> tuple[LSTMCarry, Array]:
         return recur(params, carry, project(params, x))
 
+    def recur_z_fwd(params: LSTMParams, carry: LSTMCarry, xp, z):
+        a = gates_z(xp, z)
+        new, y = update(carry, a)
+        # One array of the four activations: one store per step.
+        saved = jnp.concatenate([a["input"], a["forget"], a["candidate"], a["output"]], -1)
+        return (new, y), saved
+
+    def recur_z_bwd(params: LSTMParams, carry: LSTMCarry, saved, d_new: LSTMCarry, d_y):
+        i, f, g, o = jnp.split(saved, NUM_GATES, axis=-1)
+        c_prev = carry.c.astype(saved.dtype)
+        tanh_c = jnp.tanh(f * c_prev + i * g)
+        d_h = d_new.h + d_y
+        d_c = d_new.c + d_h * o * (1 - tanh_c * tanh_c)
+        # Through sigmoid (s' = s (1 - s)) and tanh (1 - t^2) to each gate's input.
+        d_z = jnp.concatenate(
+            [
+                d_c * g * i * (1 - i),
+                d_c * c_prev * f * (1 - f),
+                d_c * i * (1 - g * g),
+                d_h * tanh_c * o * (1 - o),
+            ],
+            axis=-1,
+        )
+        d_carry = LSTMCarry(h=jnp.zeros_like(carry.h), c=(d_c * f).astype(carry.c.dtype))
+        return d_carry, d_z, None
+
+    def recur_z_finish(params: LSTMParams, xs: Array, d_z: Array, extra):
+        # z and the projection enter each gate as a sum: the same cotangent.
+        d_w_x, d_xs = dense_backward(xs, params.w_x, d_z)
+        d_b = sum_over_batch(d_z).astype(params.b.dtype)
+        return LSTMParams(w_x=d_w_x, w_h=jnp.zeros_like(params.w_h), b=d_b), d_xs
+
     return Cell(
         init=init,
         initial_carry=initial_carry,
@@ -136,6 +171,7 @@ def lstm(
         output=lambda carry: carry.h,
         gates=gates,
         recur_z=recur_z,
+        recur_z_vjp=StepVJP(recur_z_fwd, recur_z_bwd, recur_z_finish),
     )
 
 
