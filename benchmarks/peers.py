@@ -477,7 +477,7 @@ BACKENDS = ("rnnjax", "flax", "equinox", "torch", "cudnn")
 # Timed only when named in --backends: rnnjax's other code paths, to measure them
 # against its default in the same run. They are rnnjax, not peers: the targets and the
 # "best peer" leave them out (:func:`is_ours`).
-VARIANTS = ("rnnjax-fused", "rnnjax-remat", "rnnjax-devices")
+VARIANTS = ("rnnjax-autodiff", "rnnjax-fused", "rnnjax-remat", "rnnjax-devices")
 
 
 def is_ours(name: str) -> bool:
@@ -497,12 +497,14 @@ def build(backend: str, cell: str, w, x, y) -> dict[str, Impl | Exception]:
             "equinox": equinox_impl,
             "torch": torch_impl,
             "cudnn": cudnn_impl,
+            "rnnjax-autodiff": functools.partial(rnnjax_impl, vjp="autodiff"),
             "rnnjax-fused": functools.partial(rnnjax_impl, vjp="fused"),
             "rnnjax-remat": functools.partial(rnnjax_impl, remat=True),
             "rnnjax-devices": functools.partial(rnnjax_impl, devices=True),
         }[backend]
         name = {
             "cudnn": "jax.experimental.rnn (cuDNN)",
+            "rnnjax-autodiff": "rnnjax (vjp=autodiff)",
             "rnnjax-fused": "rnnjax (vjp=fused)",
             "rnnjax-remat": "rnnjax (remat=True)",
             "rnnjax-devices": "rnnjax (batch over devices)",

@@ -88,13 +88,14 @@ def scan(
         and ``dW_h`` is one matmul after it (:mod:`rnnjax.fused`; needs
         ``cell.recur_z``, one dtype, ``unroll=1``, no ``perturbation`` or
         ``return_carries``; no forward-mode ``jax.jvp``). ``"auto"`` (default):
-        ``"fused"`` on a GPU wherever it applies, ``"autodiff"`` elsewhere
-        (:func:`auto_vjp`). Measured training steps: on an H200 the fused backward was
-        1.16-1.35x faster than JAX's for every cell and benchmark size (and took less
-        memory); on this project's 2-core CPU, where the projection runs inside the
-        loop, it was slower. Both give the same numbers up to rounding. Forward-mode
-        differentiation (``jax.jvp``, ``jax.jacfwd``) through ``scan`` on a GPU needs
-        ``vjp="autodiff"``.
+        ``"fused"`` wherever it applies, ``"autodiff"`` elsewhere (:func:`auto_vjp`).
+        Measured training steps: on an H200 the fused backward was 1.16-1.35x faster
+        than JAX's for every cell and benchmark size (and took less memory); on this
+        project's 2-core CPU, with each cell's backward written out
+        (``cell.recur_z_vjp``), it was faster at 8 of the 9 benchmark sizes and cells
+        (README, "Speed"). Both give the same numbers up to rounding. Forward-mode
+        differentiation (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``) through
+        ``scan`` needs ``vjp="autodiff"``.
       remat: rematerialise over chunks of time, for long sequences. An integer ``k``:
         the backward pass keeps the carry at every ``k``-th step and recomputes the
         steps in between, chunk by chunk, instead of keeping every step's
@@ -148,7 +149,7 @@ def scan(
             found.append(f"remat={remat!r} (the fused backward keeps its own residuals)")
         return found
 
-    if vjp == "auto":  # fused where it is faster (a GPU) and applies, else autodiff
+    if vjp == "auto":  # fused where it applies, else autodiff
         vjp = "fused" if auto_vjp() == "fused" and not blockers() else "autodiff"
     elif vjp == "fused" and (found := blockers()):
         raise ValueError(f"vjp='fused' does not apply here: {'; '.join(found)}.")
@@ -316,13 +317,11 @@ def _chunked_scan(body, carry, inputs, num_steps: int, chunk: int, reverse: bool
 
 
 def auto_vjp() -> str:
-    """What ``vjp="auto"`` uses where the fused backward applies: ``"fused"`` on a GPU
-    (measured faster there), ``"autodiff"`` elsewhere. ``RNNJAX_VJP=fused`` /
-    ``autodiff`` overrides, for measuring."""
+    """What ``vjp="auto"`` uses where the fused backward applies: ``"fused"`` (measured
+    faster on a GPU and on this project's CPU). ``RNNJAX_VJP=fused`` / ``autodiff``
+    overrides, for measuring."""
     forced = _env_choice("RNNJAX_VJP", ("fused", "autodiff"))
-    if forced is not None:
-        return forced
-    return "fused" if jax.default_backend() == "gpu" else "autodiff"
+    return "fused" if forced is None else forced
 
 
 def hoist_projection() -> bool:

@@ -41,7 +41,7 @@ EXPECTED = {
 }
 
 
-VARIANTS = {"rnnjax (vjp=fused)", "rnnjax (remat=True)"}
+VARIANTS = {"rnnjax (vjp=autodiff)", "rnnjax (vjp=fused)", "rnnjax (remat=True)"}
 DEVICES = "rnnjax (batch over devices)"
 CUDNN = "jax.experimental.rnn (cuDNN)"
 
@@ -70,7 +70,7 @@ def test_gate_every_backend_computes_the_same_function(tmp_path):
 
 
 def test_rnnjax_variants_pass_the_gate():
-    """rnnjax's variants (fused backward, remat) as the benchmark builds them; the one
+    """rnnjax's variants (JAX's backward, fused, remat) as the benchmark builds them; the one
     that splits the batch over devices is skipped, with the reason, on one device."""
     import jax
 

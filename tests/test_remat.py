@@ -98,13 +98,13 @@ def test_layers_pass_remat_on():
     assert "remat" in jaxpr or "checkpoint" in jaxpr
 
 
-def _temp_bytes(steps: int, remat) -> int:
+def _temp_bytes(steps: int, remat, vjp: str = "auto") -> int:
     cell = rnnjax.lstm(32)
     params = cell.init(jax.random.key(0), 8)
     xs = jnp.ones((4, steps, 8))
 
     def loss(p):
-        return jnp.mean(rnnjax.scan(cell, p, xs, remat=remat)[1] ** 2)
+        return jnp.mean(rnnjax.scan(cell, p, xs, remat=remat, vjp=vjp)[1] ** 2)
 
     return jax.jit(jax.grad(loss)).lower(params).compile().memory_analysis().temp_size_in_bytes
 
@@ -121,14 +121,20 @@ def test_remat_memory_grows_sublinearly(hoist, monkeypatch):
     """XLA's buffer assignment (exact, not a timing): the plain scan keeps every step's
     intermediates, so its temporaries grow about 4x from T=250 to T=1000; with
     ``remat=True`` what the backward keeps grows like sqrt(T), on top of what stays
-    linear (inputs' projections, outputs and their gradients)."""
+    linear (inputs' projections, outputs and their gradients). Against the same
+    backward without remat (JAX's own, which remat uses) and against the default (the
+    fused backward, which keeps less than JAX's: measured on this CPU, T=1000, 6.3
+    against 7.2 MB in the loop and 9.9 against 12.9 MB hoisted)."""
     monkeypatch.setenv("RNNJAX_HOIST", hoist)
-    plain = {t: _temp_bytes(t, None) for t in (250, 1000)}
+    plain = {t: _temp_bytes(t, None, "autodiff") for t in (250, 1000)}
+    default = {t: _temp_bytes(t, None) for t in (250, 1000)}
     remat = {t: _temp_bytes(t, True) for t in (250, 1000)}
-    assert plain[1000] / plain[250] > 3.5
+    assert plain[1000] / plain[250] > 3.5 and default[1000] / default[250] > 3.5
     share = REMAT_SHARE[hoist]
     assert remat[1000] < share * plain[1000]
     assert remat[1000] - remat[250] < share * (plain[1000] - plain[250])
+    assert remat[1000] < default[1000]
+    assert remat[1000] - remat[250] < default[1000] - default[250]
 
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, "4"])
