@@ -107,9 +107,6 @@ def _bwd(cell, reverse, in_loop, residuals, cotangents):
     small = _pointwise_params(params)
     w_h = params.w_h
     step_vjp = cell.recur_z_vjp
-    # The projection's backward runs once, after the loop, as matmuls over all steps
-    # (its forward output is used only where each step is differentiated again).
-    xp_all, project_vjp = jax.vjp(cell.project, params, xs)
 
     def recurrent_input(d_z, carry, d_prev):
         # h_{t-1} fed z_t = h_{t-1} W_h: the one matmul left in the loop.
@@ -119,7 +116,9 @@ def _bwd(cell, reverse, in_loop, residuals, cotangents):
     if step_vjp is None:
         # A cell without a written-out backward: differentiate each step again (its
         # inputs saved by the forward where it projected inside the loop, else the
-        # projection above).
+        # projection again, here). The projection's backward runs once, after the loop.
+        xp_all, project_vjp = jax.vjp(cell.project, params, xs)
+
         def body(d_carry, inputs):
             carry, step_saved, xp_t, dy_t, valid = inputs
             if in_loop:
