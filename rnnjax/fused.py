@@ -98,11 +98,14 @@ def _mask(valid, new, y, carry):
 
 def _fwd(cell, reverse, in_loop, params, xs, carry, mask):
     out, (carries, saved) = _forward(cell, reverse, in_loop, params, xs, carry, mask)
-    return out, (params, xs, mask, carries, saved)
+    # The outputs ys are kept for the written-out backward (an output of the loop
+    # anyway: no extra store).
+    ys = out[1] if cell.recur_z_vjp is not None else None
+    return out, (params, xs, mask, carries, saved, ys)
 
 
 def _bwd(cell, reverse, in_loop, residuals, cotangents):
-    params, xs, mask, carries, saved = residuals
+    params, xs, mask, carries, saved, ys = residuals
     d_final, d_ys = cotangents
     small = _pointwise_params(params)
     w_h = params.w_h
@@ -144,14 +147,14 @@ def _bwd(cell, reverse, in_loop, residuals, cotangents):
     else:
 
         def body(d_carry, inputs):
-            carry, step_saved, dy_t, valid = inputs
+            carry, step_saved, y_t, dy_t, valid = inputs
             if valid is not None:  # a padded step passes the carry's cotangent through
                 keep = valid[..., None]
                 d_in = jax.tree.map(lambda d: jnp.where(keep, d, jnp.zeros_like(d)), d_carry)
                 dy_t = jnp.where(keep, dy_t, jnp.zeros_like(dy_t))
             else:
                 d_in = d_carry
-            d_prev, d_z, extra = step_vjp.bwd(params, carry, step_saved, d_in, dy_t)
+            d_prev, d_z, extra = step_vjp.bwd(params, carry, step_saved, y_t, d_in, dy_t)
             d_prev = recurrent_input(d_z, carry, d_prev)
             if valid is not None:
                 d_prev = jax.tree.map(
@@ -160,7 +163,7 @@ def _bwd(cell, reverse, in_loop, residuals, cotangents):
             return d_prev, (d_z, extra)
 
         d_carry0, (d_z, extra) = jax.lax.scan(
-            body, d_final, (carries, saved, d_ys, mask), reverse=not reverse
+            body, d_final, (carries, saved, ys, d_ys, mask), reverse=not reverse
         )
         d_params, d_xs = step_vjp.finish(params, xs, d_z, extra)
     # dW_h = H_prev^T dZ: one matmul over every step.

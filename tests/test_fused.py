@@ -213,7 +213,7 @@ def test_each_cells_written_out_backward_is_the_vjp_of_its_step(name):
     (new2, y2), saved = cell.recur_z_vjp.fwd(params, carry, cell.project(params, x), z)
     for a, b in zip(jax.tree.leaves((new2, y2)), jax.tree.leaves((new, y))):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
-    d_carry, d_z, extra = cell.recur_z_vjp.bwd(params, carry, saved, d_new, d_y)
+    d_carry, d_z, extra = cell.recur_z_vjp.bwd(params, carry, saved, y2, d_new, d_y)
     # finish works on [T, *batch, ...]: give it this one step as T = 1.
     d_params, d_x = cell.recur_z_vjp.finish(
         params, x[None], d_z[None], jax.tree.map(lambda a: a[None], extra)

@@ -69,10 +69,12 @@ class StepVJP(NamedTuple):
     Attributes:
       fwd: ``fwd(params, carry, xp_t, z_t) -> ((carry', y), saved)``: ``recur_z``'s
         result and what ``bwd`` reads (e.g. the gate activations), a pytree of arrays.
-      bwd: ``bwd(params, carry, saved, d_carry', d_y) -> (d_carry, d_z_t, extra)``:
+      bwd: ``bwd(params, carry, saved, y, d_carry', d_y) -> (d_carry, d_z_t, extra)``:
         the cotangents of ``recur_z``'s inputs that the backward loop needs at each
-        step. ``d_carry`` leaves out the path through ``z_t`` (the driver adds
-        ``d_z_t W_h^T``); ``extra`` is whatever else ``finish`` needs (or ``None``).
+        step; ``y`` is the step's output, which the driver keeps anyway (zeros at a
+        padded step, where the cotangents are zeros too). ``d_carry`` leaves out the
+        path through ``z_t`` (the driver adds ``d_z_t W_h^T``); ``extra`` is whatever
+        else ``finish`` needs (or ``None``).
       finish: ``finish(params, xs, d_z, extra) -> (d_params, d_xs)``, after the loop,
         over every step at once (``xs [T, *batch, I]``, ``d_z`` and ``extra`` stacked
         the same way): the gradients of every parameter but ``w_h`` (zero there; the

@@ -123,14 +123,14 @@ def elman(
     def recur_z_fwd(params: ElmanParams, h: Array, xp: Array, z: Array):
         pre = xp + z
         h_new = phi(pre).astype(h.dtype)
-        # A named activation's derivative comes from the output; any other from the
-        # pre-activation, through JAX.
-        return (h_new, h_new), (h_new if derivative is not None else pre)
+        # A named activation's derivative comes from the output y = h', which the
+        # driver keeps anyway; any other from the pre-activation, through JAX.
+        return (h_new, h_new), (None if derivative is not None else pre)
 
-    def recur_z_bwd(params: ElmanParams, h: Array, saved: Array, d_new: Array, d_y: Array):
+    def recur_z_bwd(params: ElmanParams, h: Array, saved, y: Array, d_new: Array, d_y: Array):
         d_h = d_new + d_y
         if derivative is not None:
-            d_pre = d_h * derivative(saved)
+            d_pre = d_h * derivative(y)
         else:
             d_pre = jax.vjp(phi, saved)[1](d_h.astype(saved.dtype))[0]
         return jnp.zeros_like(h), d_pre, None

@@ -140,7 +140,7 @@ def gru(
         saved = jnp.concatenate([g["reset"], g["update"], g["candidate"], a[..., 2 * H :]], -1)
         return (h_new, y), saved
 
-    def recur_z_bwd(params: GRUParams, h: Array, saved, d_new: Array, d_y: Array):
+    def recur_z_bwd(params: GRUParams, h: Array, saved, y, d_new: Array, d_y: Array):
         r, u, n, a_n = jnp.split(saved, 4, axis=-1)
         d_h = d_new + d_y
         # h' = (1 - u) n + u h;  n = tanh(x_n + r a_n);  r, u sigmoids.

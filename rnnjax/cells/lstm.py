@@ -135,7 +135,7 @@ def lstm(
         saved = jnp.concatenate([a["input"], a["forget"], a["candidate"], a["output"]], -1)
         return (new, y), saved
 
-    def recur_z_bwd(params: LSTMParams, carry: LSTMCarry, saved, d_new: LSTMCarry, d_y):
+    def recur_z_bwd(params: LSTMParams, carry: LSTMCarry, saved, y, d_new: LSTMCarry, d_y):
         i, f, g, o = jnp.split(saved, NUM_GATES, axis=-1)
         c_prev = carry.c.astype(saved.dtype)
         tanh_c = jnp.tanh(f * c_prev + i * g)
