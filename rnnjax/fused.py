@@ -28,7 +28,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from rnnjax.cells.base import Cell, PyTree, dense_backward
+from rnnjax.cells.base import Cell, PyTree, dense_weight_grad
 
 Array = jax.Array
 
@@ -167,7 +167,7 @@ def _bwd(cell, reverse, in_loop, residuals, cotangents):
         )
         d_params, d_xs = step_vjp.finish(params, xs, d_z, extra)
     # dW_h = H_prev^T dZ: one matmul over every step.
-    d_w_h, _ = dense_backward(cell.output(carries), w_h, d_z)
+    d_w_h = dense_weight_grad(cell.output(carries), d_z, w_h.dtype)
     return d_params._replace(w_h=d_params.w_h + d_w_h), d_xs, d_carry0, None
 
 

@@ -96,11 +96,16 @@ def sum_over_batch(a: Array) -> Array:
 def dense_backward(xs: Array, w: Array, d_out: Array) -> tuple[Array, Array]:
     """``(d_w, d_xs)`` of ``xs @ w`` given ``d_out``, each as one 2-D matmul over every
     leading dimension (batched over them, XLA:CPU transposed the whole cotangent)."""
-    x2 = xs.reshape(-1, xs.shape[-1]).astype(d_out.dtype)
     d2 = d_out.reshape(-1, d_out.shape[-1])
-    d_w = (x2.T @ d2).astype(w.dtype)
     d_xs = (d2 @ w.T.astype(d2.dtype)).reshape(xs.shape).astype(xs.dtype)
-    return d_w, d_xs
+    return dense_weight_grad(xs, d_out, w.dtype), d_xs
+
+
+def dense_weight_grad(xs: Array, d_out: Array, dtype) -> Array:
+    """``d_w`` of ``xs @ w`` given ``d_out``: ``xs^T d_out`` over every leading dimension,
+    as one 2-D matmul, in ``dtype``."""
+    x2 = xs.reshape(-1, xs.shape[-1]).astype(d_out.dtype)
+    return (x2.T @ d_out.reshape(-1, d_out.shape[-1])).astype(dtype)
 
 
 def gate_init(
