@@ -45,11 +45,7 @@ def _pointwise_params(params):
 
 def _step(cell: Cell, params, small, carry, xp_t, z_t, valid):
     new, y = cell.recur_z(params._replace(**small), carry, xp_t, z_t)
-    if valid is not None:
-        keep = valid[..., None]
-        new = jax.tree.map(lambda n, o: jnp.where(keep, n, o), new, carry)
-        y = jnp.where(keep, y, jnp.zeros_like(y))
-    return new, y
+    return _mask(valid, new, y, carry)
 
 
 def _matmul(h, w_h):

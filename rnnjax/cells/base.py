@@ -101,6 +101,15 @@ def dense_backward(xs: Array, w: Array, d_out: Array) -> tuple[Array, Array]:
     return dense_weight_grad(xs, d_out, w.dtype), d_xs
 
 
+def additive_finish(params, xs: Array, d_z: Array, extra):
+    """``StepVJP.finish`` for a cell whose ``recur_z`` adds ``z`` to the projection
+    ``xs @ w_x + b`` (the LSTM, the Elman RNN): both get the same cotangent ``d_z``.
+    ``params`` has fields ``w_x``, ``w_h``, ``b``."""
+    d_w_x, d_xs = dense_backward(xs, params.w_x, d_z)
+    d_b = sum_over_batch(d_z).astype(params.b.dtype)
+    return params._replace(w_x=d_w_x, w_h=jnp.zeros_like(params.w_h), b=d_b), d_xs
+
+
 def dense_weight_grad(xs: Array, d_out: Array, dtype) -> Array:
     """``d_w`` of ``xs @ w`` given ``d_out``: ``xs^T d_out`` over every leading dimension,
     as one 2-D matmul, in ``dtype``."""

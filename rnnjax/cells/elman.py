@@ -13,13 +13,12 @@ from rnnjax.cells.base import (
     Cell,
     Initializer,
     StepVJP,
+    additive_finish,
     check_input,
     check_positive_int,
     compute_dtype,
-    dense_backward,
     initialize,
     resolve_batch_shape,
-    sum_over_batch,
 )
 
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
@@ -135,12 +134,6 @@ def elman(
             d_pre = jax.vjp(phi, saved)[1](d_h.astype(saved.dtype))[0]
         return jnp.zeros_like(h), d_pre, None
 
-    def recur_z_finish(params: ElmanParams, xs: Array, d_z: Array, extra):
-        # z and the projection enter as a sum: the same cotangent.
-        d_w_x, d_xs = dense_backward(xs, params.w_x, d_z)
-        d_b = sum_over_batch(d_z).astype(params.b.dtype)
-        return ElmanParams(w_x=d_w_x, w_h=jnp.zeros_like(params.w_h), b=d_b), d_xs
-
     return Cell(
         init=init,
         initial_carry=initial_carry,
@@ -152,5 +145,5 @@ def elman(
         output=lambda h: h,
         gates=None,
         recur_z=recur_z,
-        recur_z_vjp=StepVJP(recur_z_fwd, recur_z_bwd, recur_z_finish),
+        recur_z_vjp=StepVJP(recur_z_fwd, recur_z_bwd, additive_finish),
     )

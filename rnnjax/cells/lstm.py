@@ -12,14 +12,13 @@ from rnnjax.cells.base import (
     Cell,
     Initializer,
     StepVJP,
+    additive_finish,
     check_input,
     check_positive_int,
     compute_dtype,
-    dense_backward,
     gate_init,
     initialize,
     resolve_batch_shape,
-    sum_over_batch,
 )
 
 NUM_GATES = 4
@@ -154,12 +153,6 @@ def lstm(
         d_carry = LSTMCarry(h=jnp.zeros_like(carry.h), c=(d_c * f).astype(carry.c.dtype))
         return d_carry, d_z, None
 
-    def recur_z_finish(params: LSTMParams, xs: Array, d_z: Array, extra):
-        # z and the projection enter each gate as a sum: the same cotangent.
-        d_w_x, d_xs = dense_backward(xs, params.w_x, d_z)
-        d_b = sum_over_batch(d_z).astype(params.b.dtype)
-        return LSTMParams(w_x=d_w_x, w_h=jnp.zeros_like(params.w_h), b=d_b), d_xs
-
     return Cell(
         init=init,
         initial_carry=initial_carry,
@@ -171,7 +164,7 @@ def lstm(
         output=lambda carry: carry.h,
         gates=gates,
         recur_z=recur_z,
-        recur_z_vjp=StepVJP(recur_z_fwd, recur_z_bwd, recur_z_finish),
+        recur_z_vjp=StepVJP(recur_z_fwd, recur_z_bwd, additive_finish),
     )
 
 
