@@ -152,6 +152,9 @@ def test_resume_is_bit_identical(tmp_path, dropout):
 
 
 def test_sigint_mid_training_checkpoints_then_resumes_exactly(tmp_path):
+    # What the handler was before (SIG_IGN, not Python's default, when a shell started
+    # the process in the background): the loop must put back exactly that.
+    before = signal.getsignal(signal.SIGINT)
     state0, step, batch_fn, _ = setup()
     straight = _run(state0, step, batch_fn, 20)
 
@@ -168,7 +171,7 @@ def test_sigint_mid_training_checkpoints_then_resumes_exactly(tmp_path):
         _, restored, _ = ckpt.restore_latest(state0)
         resumed = _run(restored, step, batch_fn, 20, ckpt)
     chex.assert_trees_all_equal(resumed, straight)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 def _largest_file(folder: Path) -> Path:
