@@ -177,6 +177,46 @@ def test_projection_inside_or_before_the_loop_gives_the_same_numbers(hoist, monk
             np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
 
 
+def _matmuls_in_the_loop(f, *args) -> int:
+    """The ``dot_general``s inside the (one) time loop of ``f``'s jaxpr."""
+    from jax.extend.core import jaxprs_in_params
+
+    def count(jaxpr) -> int:
+        n = 0
+        for eqn in jaxpr.eqns:
+            n += eqn.primitive.name == "dot_general"
+            for sub in jaxprs_in_params(eqn.params):
+                n += count(sub)
+        return n
+
+    def loops(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "scan":
+                yield eqn.params["jaxpr"].jaxpr
+            else:
+                for sub in jaxprs_in_params(eqn.params):
+                    yield from loops(sub)
+
+    (loop,) = list(loops(jax.make_jaxpr(f)(*args).jaxpr))
+    return count(loop)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU's placement")
+@pytest.mark.parametrize("name", ["lstm", "gru", "rnn_tanh"])
+def test_on_a_cpu_only_an_ungated_cell_projects_before_the_loop(name, monkeypatch):
+    """The default placement (``hoist_projection``): per step inside the loop for the
+    LSTM and GRU, one matmul before it for the Elman RNN; ``RNNJAX_HOIST`` overrides."""
+    cell, params, xs, carry, *_ = _problem(name)
+
+    def in_loop():  # a new function each time: a traced one is cached with its choice
+        return _matmuls_in_the_loop(lambda p: rnnjax.scan(cell, p, xs, carry)[1], params)
+
+    assert in_loop() == (1 if cell.gates is None else 2)
+    for hoist, want in (("1", 1), ("0", 2)):
+        monkeypatch.setenv("RNNJAX_HOIST", hoist)
+        assert in_loop() == want
+
+
 @pytest.mark.parametrize("name", sorted(CELLS))
 def test_hoisted_and_in_loop_projection_agree_with_lengths_and_reverse(name, monkeypatch):
     cell, params, xs, carry, w_y, w_c, lengths = _problem(name, batch=(2, 3))
