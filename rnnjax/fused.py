@@ -16,9 +16,7 @@ It needs the cell's recurrence split at its one recurrent matmul, ``z_t = h_{t-1
 use the plain scan. Where the cell also writes its step's backward out
 (``cell.recur_z_vjp``: the LSTM, GRU and Elman cells), the forward saves what that
 backward reads (the gate activations) and the backward loop runs it, as cuDNN does;
-otherwise each backward step differentiates the step again with ``jax.vjp``. Without
-padding, such a cell's ``h_{t-1}`` is the previous step's output, so the forward does
-not store it a second time: the backward reads it off the outputs. The
+otherwise each backward step differentiates the step again with ``jax.vjp``. The
 numbers are the plain scan's up to float rounding: tested against it in outputs and
 gradients, with lengths and reverse.
 """
@@ -60,14 +58,13 @@ def fused_scan(cell: Cell, reverse: bool, in_loop: bool, params, xs, carry: PyTr
     ys)`` with ``ys [T, *batch, H]``. ``in_loop``: project each step's input inside the
     loop (else all steps in one matmul before it). ``mask [T, *batch]`` or ``None``
     marks valid steps."""
-    return _forward(cell, reverse, in_loop, params, xs, carry, mask)[0]
+    out, _ = _forward(cell, reverse, in_loop, params, xs, carry, mask)
+    return out
 
 
 def _forward(cell, reverse, in_loop, params, xs, carry, mask):
     small = _pointwise_params(params)
     step_vjp = cell.recur_z_vjp
-    # Set while tracing the body: whether the stacked carries leave out h_{t-1}.
-    dropped = []
 
     def body(carry, inputs):
         xp_t, valid = inputs
@@ -79,47 +76,11 @@ def _forward(cell, reverse, in_loop, params, xs, carry, mask):
             return new, (y, carry, (xp_t, z) if in_loop else z)
         (new, y), saved = step_vjp.fwd(params, carry, xp_t, z)
         new, y = _mask(valid, new, y, carry)
-        # Without padding, each step's y is the next step's h_{t-1} (the same traced
-        # value): keep the rest of the carry only, one store per step fewer, and let
-        # the backward rebuild h_{t-1} from the outputs. A padded step's y is zeros,
-        # not its carry, so with a mask the whole carry is kept.
-        kept = _without_output(cell, carry) if y is cell.output(new) else _KEEP_ALL
-        if kept is _KEEP_ALL:
-            kept = carry
-        else:
-            dropped.append(True)
-        return new, (y, kept, saved)
+        return new, (y, carry, saved)
 
     xp = xs if in_loop else cell.project(params, xs)
     final, (ys, carries, saved) = jax.lax.scan(body, carry, (xp, mask), reverse=reverse)
-    h0 = cell.output(carry) if dropped else None
-    return (final, ys), (carries, saved, h0)
-
-
-_KEEP_ALL = object()
-
-
-def _without_output(cell: Cell, carry):
-    """``carry`` without the field ``cell.output`` reads (``None`` where the carry is
-    that field itself), or ``_KEEP_ALL`` where it cannot tell which field that is."""
-    h = cell.output(carry)
-    if h is carry:
-        return None
-    if hasattr(carry, "_replace") and getattr(carry, "h", None) is h:
-        return carry._replace(h=None)
-    return _KEEP_ALL
-
-
-def _with_output(rest, h):
-    """The inverse of :func:`_without_output`."""
-    return h if rest is None else rest._replace(h=h)
-
-
-def _previous_outputs(ys, h0, reverse):
-    """``h_{t-1}`` of every step from the outputs: the step before in the loop's order."""
-    if reverse:
-        return jnp.concatenate([ys[1:], h0[None]], axis=0)
-    return jnp.concatenate([h0[None], ys[:-1]], axis=0)
+    return (final, ys), (carries, saved)
 
 
 def _mask(valid, new, y, carry):
@@ -132,17 +93,15 @@ def _mask(valid, new, y, carry):
 
 
 def _fwd(cell, reverse, in_loop, params, xs, carry, mask):
-    out, (carries, saved, h0) = _forward(cell, reverse, in_loop, params, xs, carry, mask)
+    out, (carries, saved) = _forward(cell, reverse, in_loop, params, xs, carry, mask)
     # The outputs ys are kept for the written-out backward (an output of the loop
     # anyway: no extra store).
     ys = out[1] if cell.recur_z_vjp is not None else None
-    return out, (params, xs, mask, carries, saved, ys, h0)
+    return out, (params, xs, mask, carries, saved, ys)
 
 
 def _bwd(cell, reverse, in_loop, residuals, cotangents):
-    params, xs, mask, carries, saved, ys, h0 = residuals
-    if h0 is not None:  # the forward left h_{t-1} out of the stacked carries
-        carries = _with_output(carries, _previous_outputs(ys, h0, reverse))
+    params, xs, mask, carries, saved, ys = residuals
     d_final, d_ys = cotangents
     small = _pointwise_params(params)
     w_h = params.w_h

@@ -265,24 +265,3 @@ def test_each_cells_written_out_backward_is_the_vjp_of_its_step(name):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     for a in (want[1], want[3].w_x):
         assert float(jnp.max(jnp.abs(a))) > 0
-
-
-@pytest.mark.parametrize("name", ["lstm", "gru", "rnn_tanh", "lstm_generic"])
-@pytest.mark.parametrize("with_lengths", [False, True])
-def test_the_forward_saves_h_only_where_the_outputs_cannot_give_it(name, with_lengths):
-    """Without padding, a written-out cell's ``h_{t-1}`` is the previous output: the
-    forward leaves it out of the saved carries (the equality tests above check that the
-    backward rebuilds it right). With a mask, or without a written-out backward, it
-    saves the whole carry."""
-    from rnnjax import fused
-
-    cell, params, xs, carry, *_ = _problem(name)
-    xs_tm = jnp.swapaxes(xs, 0, 1)
-    mask = jnp.ones(xs_tm.shape[:2], bool) if with_lengths else None
-    _, residuals = fused._fwd(cell, False, True, params, xs_tm, carry, mask)
-    carries, h0 = residuals[3], residuals[-1]
-    rebuilt = cell.recur_z_vjp is not None and not with_lengths
-    assert (h0 is not None) == rebuilt
-    hs = [a for a in jax.tree.leaves(carries) if a.shape == xs_tm.shape[:2] + (5,)]
-    n_fields = len(jax.tree.leaves(carry))
-    assert len(hs) == (n_fields - 1 if rebuilt else n_fields)
