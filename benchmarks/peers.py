@@ -15,9 +15,11 @@ reason, and the benchmark reports it as skipped.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib
+import os
 import time
 from collections.abc import Callable
 
@@ -126,8 +128,6 @@ def _jax_impl(forward, params, x, y, to_torch, *, jit=None, value_and_grad=None,
     """Jit-compiled inference and training step for a JAX ``forward(params, x)``; with
     a ``mesh``, the batch split over its devices and the calls made under it (what
     ``rnnjax.distributed.parallel_step`` does)."""
-    import contextlib
-
     import jax
     import jax.numpy as jnp
 
@@ -185,14 +185,35 @@ def _jax_impl(forward, params, x, y, to_torch, *, jit=None, value_and_grad=None,
     )
 
 
+@contextlib.contextmanager
+def _env(name: str, value: str | None):
+    """``os.environ[name] = value`` inside the block (nothing if ``value`` is None)."""
+    if value is None:
+        yield
+        return
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = before
+
+
 def _split(a: np.ndarray, g: int) -> list[np.ndarray]:
     return np.split(np.asarray(a), g, axis=0)
 
 
-def rnnjax_impl(cell: str, w, x, y, vjp: str = "auto", remat=None, devices=False) -> Impl:
+def rnnjax_impl(
+    cell: str, w, x, y, vjp: str = "auto", remat=None, devices=False, hoist: str | None = None
+) -> Impl:
     """``rnnjax.scan`` over ``rnnjax.lstm`` / ``gru`` / ``elman`` (batch-major input),
     with the backward pass ``vjp`` names (``"fused"``: the cuDNN-style custom VJP),
-    ``remat`` (``True``: rematerialised over chunks of sqrt(T) steps) and, with
+    ``remat`` (``True``: rematerialised over chunks of sqrt(T) steps), the input
+    projection's placement ``hoist`` forces (``"1"``: one matmul before the loop, ``"0"``:
+    per step inside it; ``None``: ``rnnjax.scan``'s choice) and, with
     ``devices``, the batch split over every device JAX sees (on a CPU, host devices
     forced with ``--host_devices``: XLA runs a small per-step matmul on one core, so a
     batch split is how a loop uses several)."""
@@ -233,7 +254,9 @@ def rnnjax_impl(cell: str, w, x, y, vjp: str = "auto", remat=None, devices=False
         )
 
     def forward(p, x):
-        return rnnjax.scan(core, p, x, vjp=vjp, remat=remat)[1]
+        # Runs only while jit traces: RNNJAX_HOIST, read then, is set for the trace.
+        with _env("RNNJAX_HOIST", hoist):
+            return rnnjax.scan(core, p, x, vjp=vjp, remat=remat)[1]
 
     def to_torch(g):
         out = {"weight_ih": np.asarray(g.w_x).T, "weight_hh": np.asarray(g.w_h).T}
@@ -477,7 +500,14 @@ BACKENDS = ("rnnjax", "flax", "equinox", "torch", "cudnn")
 # Timed only when named in --backends: rnnjax's other code paths, to measure them
 # against its default in the same run. They are rnnjax, not peers: the targets and the
 # "best peer" leave them out (:func:`is_ours`).
-VARIANTS = ("rnnjax-autodiff", "rnnjax-fused", "rnnjax-remat", "rnnjax-devices")
+VARIANTS = (
+    "rnnjax-autodiff",
+    "rnnjax-fused",
+    "rnnjax-remat",
+    "rnnjax-hoisted",
+    "rnnjax-in-loop",
+    "rnnjax-devices",
+)
 
 
 def is_ours(name: str) -> bool:
@@ -500,6 +530,8 @@ def build(backend: str, cell: str, w, x, y) -> dict[str, Impl | Exception]:
             "rnnjax-autodiff": functools.partial(rnnjax_impl, vjp="autodiff"),
             "rnnjax-fused": functools.partial(rnnjax_impl, vjp="fused"),
             "rnnjax-remat": functools.partial(rnnjax_impl, remat=True),
+            "rnnjax-hoisted": functools.partial(rnnjax_impl, hoist="1"),
+            "rnnjax-in-loop": functools.partial(rnnjax_impl, hoist="0"),
             "rnnjax-devices": functools.partial(rnnjax_impl, devices=True),
         }[backend]
         name = {
@@ -507,6 +539,8 @@ def build(backend: str, cell: str, w, x, y) -> dict[str, Impl | Exception]:
             "rnnjax-autodiff": "rnnjax (vjp=autodiff)",
             "rnnjax-fused": "rnnjax (vjp=fused)",
             "rnnjax-remat": "rnnjax (remat=True)",
+            "rnnjax-hoisted": "rnnjax (projection before the loop)",
+            "rnnjax-in-loop": "rnnjax (projection in the loop)",
             "rnnjax-devices": "rnnjax (batch over devices)",
         }.get(backend, backend)
         makers = {name: make}

@@ -41,7 +41,13 @@ EXPECTED = {
 }
 
 
-VARIANTS = {"rnnjax (vjp=autodiff)", "rnnjax (vjp=fused)", "rnnjax (remat=True)"}
+VARIANTS = {
+    "rnnjax (vjp=autodiff)",
+    "rnnjax (vjp=fused)",
+    "rnnjax (remat=True)",
+    "rnnjax (projection before the loop)",
+    "rnnjax (projection in the loop)",
+}
 DEVICES = "rnnjax (batch over devices)"
 CUDNN = "jax.experimental.rnn (cuDNN)"
 
@@ -70,8 +76,9 @@ def test_gate_every_backend_computes_the_same_function(tmp_path):
 
 
 def test_rnnjax_variants_pass_the_gate():
-    """rnnjax's variants (JAX's backward, fused, remat) as the benchmark builds them; the one
-    that splits the batch over devices is skipped, with the reason, on one device."""
+    """rnnjax's variants (JAX's backward, fused, remat, both projection placements) as the
+    benchmark builds them; the one that splits the batch over devices is skipped, with
+    the reason, on one device."""
     import jax
 
     pytest.importorskip("torch")
@@ -419,3 +426,19 @@ def test_the_targets_say_what_share_of_the_peak_each_needs():
     assert "Rows that need more than the measured peak: large lstm train." in text
     record["matmul_peak"] = None
     assert "| no | n/a |" in "\n".join(report.targets(record))
+
+
+def test_the_placement_variants_set_rnnjax_hoist_only_while_tracing(monkeypatch):
+    """``peers._env`` sets the variable inside its block and puts back what was there
+    (or nothing) after it, whatever the block raised."""
+    peers = load("peers")
+    monkeypatch.delenv("RNNJAX_HOIST", raising=False)
+    with peers._env("RNNJAX_HOIST", "1"):
+        assert os.environ["RNNJAX_HOIST"] == "1"
+    assert "RNNJAX_HOIST" not in os.environ
+    monkeypatch.setenv("RNNJAX_HOIST", "0")
+    with pytest.raises(RuntimeError), peers._env("RNNJAX_HOIST", "1"):
+        raise RuntimeError
+    assert os.environ["RNNJAX_HOIST"] == "0"
+    with peers._env("RNNJAX_HOIST", None):
+        assert os.environ["RNNJAX_HOIST"] == "0"
