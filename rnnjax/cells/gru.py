@@ -137,11 +137,12 @@ def gru(
         a = z + params.b_h.astype(z.dtype)
         g = gates_a(xp, a)
         h_new, y = update(h, g)
-        saved = jnp.concatenate([g["reset"], g["update"], g["candidate"], a[..., 2 * H :]], -1)
+        # Four arrays, not one concatenated store per step (as the LSTM's).
+        saved = (g["reset"], g["update"], g["candidate"], a[..., 2 * H :])
         return (h_new, y), saved
 
     def recur_z_bwd(params: GRUParams, h: Array, saved, y, d_new: Array, d_y: Array):
-        r, u, n, a_n = jnp.split(saved, 4, axis=-1)
+        r, u, n, a_n = saved
         d_h = d_new + d_y
         # h' = (1 - u) n + u h;  n = tanh(x_n + r a_n);  r, u sigmoids.
         d_n = d_h * (1 - u) * (1 - n * n)

@@ -130,13 +130,14 @@ def lstm(
     def recur_z_fwd(params: LSTMParams, carry: LSTMCarry, xp, z):
         a = gates_z(xp, z)
         new, y = update(carry, a)
-        # One array of the four activations: one store per step.
-        saved = jnp.concatenate([a["input"], a["forget"], a["candidate"], a["output"]], -1)
+        # The four activations as four arrays: concatenated into one [*batch, 4H] store
+        # per step, the training step was 1.03-1.11x slower (benchmark sizes, CPU).
+        saved = (a["input"], a["forget"], a["candidate"], a["output"])
         return (new, y), saved
 
     def recur_z_bwd(params: LSTMParams, carry: LSTMCarry, saved, y, d_new: LSTMCarry, d_y):
-        i, f, g, o = jnp.split(saved, NUM_GATES, axis=-1)
-        c_prev = carry.c.astype(saved.dtype)
+        i, f, g, o = saved
+        c_prev = carry.c.astype(i.dtype)
         tanh_c = jnp.tanh(f * c_prev + i * g)
         d_h = d_new.h + d_y
         d_c = d_new.c + d_h * o * (1 - tanh_c * tanh_c)
