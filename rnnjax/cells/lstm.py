@@ -131,7 +131,7 @@ def lstm(
         a = gates_z(xp, z)
         new, y = update(carry, a)
         # The four activations as four arrays: concatenated into one [*batch, 4H] store
-        # per step, the training step was 1.03-1.11x slower (benchmark sizes, CPU).
+        # per step, the training step was 1.03-1.17x slower (benchmark sizes, CPU; README).
         saved = (a["input"], a["forget"], a["candidate"], a["output"])
         return (new, y), saved
 
