@@ -144,6 +144,26 @@ def test_samples_are_pure_functions_of_the_key():
         assert not np.array_equal(a.inputs, c.inputs)
 
 
+@pytest.mark.parametrize(
+    "name,kw,maker",
+    [("adding", {"seq_len": 13}, "_adding_batch"), ("copy", {"delay": 7}, "_copy_batch")],
+)
+def test_tasks_of_the_same_sizes_share_one_compiled_sampler(name, kw, maker):
+    # An experiment builds the same task many times; each build used to compile its
+    # own sampler. The second task of the same sizes must add no compilation.
+    from rnnjax.tasks import synthetic
+
+    fn = getattr(synthetic, maker)
+    first = make_task(name, **kw).sample(jax.random.key(3), 6)
+    size = fn._cache_size()
+    second = make_task(name, **kw).sample(jax.random.key(3), 6)
+    assert fn._cache_size() == size
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
+    make_task(name, **kw).sample(jax.random.key(3), 7)  # a new batch size compiles anew
+    assert fn._cache_size() == size + 1
+
+
 def test_masked_xent_ignores_masked_steps():
     logits = jax.random.normal(jax.random.key(9), (2, 3, 4))
     targets = jnp.array([[0, 1, 2], [3, 2, 1]])

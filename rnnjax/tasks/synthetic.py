@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +20,33 @@ from rnnjax.tasks.base import (
 EVAL_KEY = 2**31 - 1  # held-out sets come from a key the training stream never folds in
 
 
+# The batch makers live at module level, jitted with their sizes static, so every task
+# of the same sizes shares one compiled program (an experiment builds its tasks many
+# times over).
+@partial(jax.jit, static_argnums=(1, 2))
+def _adding_batch(key, batch_size: int, T: int) -> Batch:
+    half = T // 2
+    k_v, k_a, k_b = jax.random.split(key, 3)
+    values = jax.random.uniform(k_v, (batch_size, T))
+    first = jax.random.randint(k_a, (batch_size,), 0, half)
+    second = jax.random.randint(k_b, (batch_size,), half, T)
+    steps = jnp.arange(T)[None, :]
+    markers = (steps == first[:, None]) | (steps == second[:, None])
+    inputs = jnp.stack([values, markers.astype(values.dtype)], axis=-1)
+    targets = jnp.sum(jnp.where(markers, values, 0.0), axis=1, keepdims=True)
+    return Batch(inputs, targets, jnp.full((batch_size,), T, jnp.int32))
+
+
+@partial(jax.jit, static_argnums=(1, 2, 3, 4))
+def _copy_batch(key, batch_size: int, T: int, n: int, A: int) -> Batch:
+    symbols = jax.random.randint(key, (batch_size, n), 1, A + 1)
+    blanks = lambda k: jnp.zeros((batch_size, k), jnp.int32)  # noqa: E731
+    delim = jnp.full((batch_size, 1), A + 1, jnp.int32)
+    inputs = jnp.concatenate([symbols, blanks(T - 1), delim, blanks(n)], axis=1)
+    targets = jnp.concatenate([blanks(T + n), symbols], axis=1)
+    return Batch(inputs, targets, jnp.full((batch_size,), T + 2 * n, jnp.int32))
+
+
 def adding(seq_len: int = 100, *, eval_size: int = 1000) -> Task:
     """The adding problem (Arjovsky et al. 2016; Le et al. 2015).
 
@@ -29,23 +57,9 @@ def adding(seq_len: int = 100, *, eval_size: int = 1000) -> Task:
     """
     T = check_positive("seq_len", seq_len, 2)
     check_positive("eval_size", eval_size)
-    half = T // 2
-
-    def _draw(key, batch_size):
-        k_v, k_a, k_b = jax.random.split(key, 3)
-        values = jax.random.uniform(k_v, (batch_size, T))
-        first = jax.random.randint(k_a, (batch_size,), 0, half)
-        second = jax.random.randint(k_b, (batch_size,), half, T)
-        steps = jnp.arange(T)[None, :]
-        markers = (steps == first[:, None]) | (steps == second[:, None])
-        inputs = jnp.stack([values, markers.astype(values.dtype)], axis=-1)
-        targets = jnp.sum(jnp.where(markers, values, 0.0), axis=1, keepdims=True)
-        return Batch(inputs, targets, jnp.full((batch_size,), T, jnp.int32))
-
-    draw = jax.jit(_draw, static_argnums=1)
 
     def sample(key, batch_size: int) -> Batch:
-        return draw(key, check_positive("batch_size", batch_size))
+        return _adding_batch(key, check_positive("batch_size", batch_size), T)
 
     def loss(outputs, batch):
         return jnp.mean((outputs - batch.targets) ** 2)
@@ -87,18 +101,8 @@ def copy_memory(
     length = T + 2 * n
     vocab = A + 2
 
-    def _draw(key, batch_size):
-        symbols = jax.random.randint(key, (batch_size, n), 1, A + 1)
-        blanks = lambda k: jnp.zeros((batch_size, k), jnp.int32)  # noqa: E731
-        delim = jnp.full((batch_size, 1), A + 1, jnp.int32)
-        inputs = jnp.concatenate([symbols, blanks(T - 1), delim, blanks(n)], axis=1)
-        targets = jnp.concatenate([blanks(T + n), symbols], axis=1)
-        return Batch(inputs, targets, jnp.full((batch_size,), length, jnp.int32))
-
-    draw = jax.jit(_draw, static_argnums=1)
-
     def sample(key, batch_size: int) -> Batch:
-        return draw(key, check_positive("batch_size", batch_size))
+        return _copy_batch(key, check_positive("batch_size", batch_size), T, n, A)
 
     def loss(outputs, batch):
         return masked_xent(outputs, batch.targets, step_mask(batch.lengths, length))
