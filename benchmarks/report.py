@@ -306,6 +306,14 @@ def header(record: dict) -> list[str]:
         f"threads); commit {str(env['git_commit'])[:10]}"
         f"{' (with uncommitted edits)' if env.get('git_dirty') else ''}.",
     ]
+    if "allocator" in env:  # runs before the allocator was recorded have no such line
+        alloc = env["allocator"]
+        settings = ", ".join(f"{k}={v}" for k, v in alloc.items() if k != "libc")
+        lines.append(
+            f"Allocator: {alloc.get('libc') or 'unknown C library'}, "
+            + (settings or "its default settings")
+            + "."
+        )
     if peak:
         torch_peak = peak.get("torch_gflops")
         lines.append(

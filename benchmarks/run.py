@@ -324,11 +324,29 @@ def environment() -> dict:
         k: os.environ.get(k)
         for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "XLA_FLAGS", "TF_CPP_MIN_LOG_LEVEL")
     }
+    env["allocator"] = allocator()
     env["cpu_flags"] = _cpu_flags()
     env["machine"] = platform.machine()
     if jax.default_backend() == "gpu":
         env["gpu"] = _nvidia_smi()
     return env
+
+
+ALLOCATOR_VARIABLES = ("GLIBC_TUNABLES", "LD_PRELOAD", "MALLOC_ARENA_MAX", "MALLOC_TRIM_THRESHOLD_")
+ALLOCATOR_VARIABLES += ("MALLOC_MMAP_THRESHOLD_", "MALLOC_CONF", "TCMALLOC_RELEASE_RATE")
+
+
+def allocator() -> dict:
+    """The C library and the allocator settings the process started with.
+
+    On a CPU they move every backend's step time: with glibc's defaults, a step's large
+    temporaries come back as fresh pages each call, and touching them costs page
+    faults (benchmarks/README.md, "The allocator")."""
+    libc, version = platform.libc_ver()
+    return {
+        "libc": f"{libc} {version}".strip() or None,
+        **{k: os.environ[k] for k in ALLOCATOR_VARIABLES if k in os.environ},
+    }
 
 
 def _cpu_flags() -> list[str]:

@@ -234,6 +234,36 @@ def test_an_interrupted_run_keeps_what_it_timed(tmp_path, monkeypatch):
     assert "(interrupted: these rows are all it timed)" in load("report").header(record)[2]
 
 
+def test_the_allocator_settings_are_recorded_and_printed(monkeypatch):
+    # They move CPU step times by 1.3-1.7x (benchmarks/README.md), so a run records them.
+    run, report = load("run"), load("report")
+    for k in run.ALLOCATOR_VARIABLES:
+        monkeypatch.delenv(k, raising=False)
+    plain = run.allocator()
+    assert set(plain) == {"libc"}
+    tuned = "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=4294967296"
+    monkeypatch.setenv("GLIBC_TUNABLES", tuned)
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
+    record = {
+        "command": "x",
+        "complete": True,
+        "matmul_peak": None,
+        "args": {"rounds": 3, "min_sample": 0.2, "dtype": "float32"},
+        "environment": {
+            "cpu": "c", "cpu_count": 2, "backend": "cpu", "versions": {"jax": 1, "flax": 2},
+            "git_commit": "abc", "allocator": run.allocator(),
+        },
+    }  # fmt: skip
+    assert record["environment"]["allocator"]["GLIBC_TUNABLES"] == tuned
+    line = next(x for x in report.header(record) if x.startswith("Allocator:"))
+    assert f"GLIBC_TUNABLES={tuned}" in line and "MALLOC_ARENA_MAX=2" in line
+    record["environment"]["allocator"] = plain
+    line = next(x for x in report.header(record) if x.startswith("Allocator:"))
+    assert line.endswith("its default settings.")
+    del record["environment"]["allocator"]  # a run from before the field existed
+    assert not any(x.startswith("Allocator:") for x in report.header(record))
+
+
 def _row(config, mode, medians, speedups):
     times = {
         n: {"median_s": m, "samples_s": [m], "fraction_of_peak": 0.5} for n, m in medians.items()
