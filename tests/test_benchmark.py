@@ -472,3 +472,42 @@ def test_the_placement_variants_set_rnnjax_hoist_only_while_tracing(monkeypatch)
     assert os.environ["RNNJAX_HOIST"] == "0"
     with peers._env("RNNJAX_HOIST", None):
         assert os.environ["RNNJAX_HOIST"] == "0"
+
+
+def test_compare_two_runs_pairs_rows_and_backends(tmp_path):
+    compare = load("compare")
+    rng = np.random.default_rng(0)
+
+    def record(backends, tunables=None):
+        rows = []
+        for config, cell, mode in [("small", "gru", "train"), ("large", "rnn", "infer")]:
+            times = {b: {"median_s": float(rng.uniform(0.01, 0.5))} for b in backends}
+            rows.append({"config": config, "cell": cell, "mode": mode, "times": times})
+        alloc = {"libc": "glibc 2.36", **({"GLIBC_TUNABLES": tunables} if tunables else {})}
+        env = {"date_utc": "d", "git_commit": "0123456789abc", "allocator": alloc}
+        return {"command": "python benchmarks/run.py", "environment": env, "rows": rows}
+
+    a = record(["rnnjax", "torch", "flax/GRUCell"])
+    b = record(["rnnjax", "torch"], tunables="glibc.malloc.trim_threshold=1")
+    b["rows"] = b["rows"][:1]  # B timed only the first row
+    got = compare.compare(a, b)
+    assert [(r["config"], r["backend"]) for r in got] == [("small", "rnnjax"), ("small", "torch")]
+    for r, name in zip(got, ["rnnjax", "torch"]):
+        ta, tb = a["rows"][0]["times"][name]["median_s"], b["rows"][0]["times"][name]["median_s"]
+        assert r["a_over_b"] == pytest.approx(ta / tb)
+        assert r["a_ms"] == pytest.approx(ta * 1e3)
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    out = tmp_path / "c.md"
+    argv = [str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--labels", "plain,tuned"]
+    assert compare.main(argv + ["--out", str(out)]) == 0
+    text = out.read_text()
+    assert "GLIBC_TUNABLES=glibc.malloc.trim_threshold=1" in text and "default settings" in text
+    ta, tb = (x["rows"][0]["times"]["torch"]["median_s"] for x in (a, b))
+    assert (
+        f"| small | gru | train | torch | {ta * 1e3:.2f} | {tb * 1e3:.2f} | {ta / tb:.2f} |" in text
+    )
+    with pytest.raises(SystemExit):
+        compare.main(argv[:2] + ["--labels", "one"])
+    with pytest.raises(SystemExit):
+        compare.main([str(tmp_path / "missing.json"), argv[1]])
