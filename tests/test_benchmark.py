@@ -5,8 +5,10 @@ the benchmark, never asserted here."""
 import importlib.util
 import json
 import os
+import resource
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -511,3 +513,47 @@ def test_compare_two_runs_pairs_rows_and_backends(tmp_path):
         compare.main(argv[:2] + ["--labels", "one"])
     with pytest.raises(SystemExit):
         compare.main([str(tmp_path / "missing.json"), argv[1]])
+
+
+def test_page_faults_writes_its_table(tmp_path):
+    page_faults = load("page_faults")
+    argv = ["--sizes", "small", "--cells", "rnn", "--calls", "2", "--warmup", "1"]
+    assert page_faults.main(argv + ["--out", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "page_faults.json").read_text())
+    (row,) = record["rows"]
+    assert row["temp_bytes"] > 0 and row["faults_per_call"] >= 0 and row["median_ms"] > 0
+    assert row["faulted_bytes_per_call"] == row["faults_per_call"] * resource.getpagesize()
+    assert "mallopt" not in record["allocator"] and record["environment"]["git_commit"]
+    text = (tmp_path / "page_faults.md").read_text()
+    assert f"| small | rnn | {row['temp_bytes'] / 2**20:.1f} |" in text
+    with pytest.raises(SystemExit):
+        page_faults.main(["--cells", "transformer"])
+    with pytest.raises(ValueError, match="nbytes must be in"):
+        page_faults.keep_freed_memory(2**32)  # would wrap to 0: trim on every free
+
+
+@pytest.mark.slow
+def test_keeping_freed_memory_stops_the_step_from_faulting():
+    # In a fresh process: mallopt changes the whole process's allocator. The small
+    # LSTM's temporaries (53 MiB) are above glibc's 32 MiB ceiling, so with its defaults
+    # every page faults on every call; with the thresholds raised almost none do.
+    # (A threshold of 2**32 would wrap to 0 in mallopt's C int and trim on every free.)
+    code = textwrap.dedent(
+        """
+        import json, sys
+        sys.path.insert(0, "benchmarks")
+        import page_faults as pf
+        before = pf.measure("lstm", "small", calls=3, warmup=2)
+        pf.keep_freed_memory()
+        after = pf.measure("lstm", "small", calls=3, warmup=5)
+        print(json.dumps([before, after]))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    before, after = json.loads(out.stdout.splitlines()[-1])
+    assert before["temp_bytes"] > 32 * 2**20
+    assert before["faulted_bytes_per_call"] > 0.5 * before["temp_bytes"]
+    assert after["faulted_bytes_per_call"] < 0.05 * after["temp_bytes"]

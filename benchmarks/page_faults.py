@@ -1,0 +1,173 @@
+"""Page faults per training step on a CPU, against the size of XLA's temporaries.
+
+    python benchmarks/page_faults.py --out results/page-faults/default
+    python benchmarks/page_faults.py --keep_freed_memory --out results/page-faults/kept
+
+For each benchmark size and cell, rnnjax's training step (the benchmark's loss, as
+``run.py`` times it) is compiled; XLA's ``temp_size_in_bytes`` is read from its
+``memory_analysis()``; after ``--warmup`` calls, the process's minor page faults
+(``getrusage``) and the wall time are counted over ``--calls`` calls.
+
+XLA:CPU allocates a step's temporaries as one block per call. glibc serves a block
+above its mmap threshold (which it raises by itself only up to 32 MiB) with fresh pages
+each time, so every page of it faults on every call. ``--keep_freed_memory`` raises
+glibc's mmap and trim thresholds to 1 GiB with ``mallopt`` before anything is
+compiled, so freed blocks stay in the process and are reused (the resident set then
+stays at its peak). Writes ``page_faults.json`` (with the environment) and
+``page_faults.md``. Linux with glibc only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+
+SIZES = {"small": (32, 256, 32, 128), "medium": (64, 128, 256, 256), "large": (64, 100, 512, 512)}
+CELLS = ("rnn", "gru", "lstm")
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+KEEP_BYTES = 2**30  # mallopt takes a C int: 2**32 would wrap to 0 (trim on every free)
+
+
+def keep_freed_memory(nbytes: int = KEEP_BYTES) -> dict:
+    """Raise glibc's mmap and trim thresholds for this process (``mallopt``)."""
+    if not 0 < nbytes < 2**31:
+        raise ValueError(f"nbytes must be in (0, 2**31): mallopt takes a C int; got {nbytes}.")
+    libc = ctypes.CDLL("libc.so.6")
+    ok = [libc.mallopt(M_MMAP_THRESHOLD, nbytes), libc.mallopt(M_TRIM_THRESHOLD, nbytes)]
+    if ok != [1, 1]:
+        raise RuntimeError(f"mallopt refused the thresholds ({nbytes} bytes): returned {ok}.")
+    return {"mallopt": {"M_MMAP_THRESHOLD": nbytes, "M_TRIM_THRESHOLD": nbytes}}
+
+
+def _faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def measure(cell_name: str, size: str, calls: int, warmup: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    import rnnjax
+
+    B, T, I, H = SIZES[size]
+    cell = {"lstm": rnnjax.lstm, "gru": rnnjax.gru, "rnn": rnnjax.elman}[cell_name](H)
+    params = cell.init(jax.random.key(0), I)
+    x = jax.random.normal(jax.random.key(1), (B, T, I))
+    y = jax.random.normal(jax.random.key(2), (B, T, H))
+
+    def loss(p, x, y):
+        return 0.5 * jnp.mean((rnnjax.scan(cell, p, x)[1] - y) ** 2)
+
+    compiled = jax.jit(jax.value_and_grad(loss)).lower(params, x, y).compile()
+    analysis = compiled.memory_analysis()
+    for _ in range(warmup):
+        jax.block_until_ready(compiled(params, x, y))
+    times = []
+    before = _faults()
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        jax.block_until_ready(compiled(params, x, y))
+        times.append(time.perf_counter() - t0)
+    faults = (_faults() - before) / calls
+    return {
+        "size": size,
+        "cell": cell_name,
+        "temp_bytes": int(analysis.temp_size_in_bytes),
+        "faults_per_call": faults,
+        "faulted_bytes_per_call": faults * resource.getpagesize(),
+        "median_ms": float(np.median(times)) * 1e3,
+    }
+
+
+def markdown(record: dict) -> str:
+    env = record["environment"]
+    alloc = record["allocator"]
+    settings = ", ".join(f"{k}={v}" for k, v in alloc.get("mallopt", {}).items())
+    lines = [
+        "# Page faults per training step",
+        "",
+        f"Command: `{record['command']}`, {env['date_utc']}; {env['cpu']} "
+        f"({env['cpu_count']} cores), jax {env['versions']['jax']}, commit "
+        f"{str(env['git_commit'])[:10]}{' (with uncommitted edits)' if env['git_dirty'] else ''}.",
+        f"Allocator: {alloc['libc']}"
+        + "".join(f", {k}={v}" for k, v in alloc.items() if k not in ("libc", "mallopt"))
+        + (f", set in the process with mallopt: {settings}" if settings else "")
+        + ".",
+        f"Minor page faults and wall time over {record['calls']} calls after "
+        f"{record['warmup']} warm-up calls; XLA's temporaries from `memory_analysis()`.",
+        "",
+        "| size | cell | XLA temporaries MiB | page faults per call | faulted MiB per call "
+        "| median ms |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in record["rows"]:
+        lines.append(
+            f"| {r['size']} | {r['cell']} | {r['temp_bytes'] / 2**20:.1f} | "
+            f"{r['faults_per_call']:,.1f} | {r['faulted_bytes_per_call'] / 2**20:.1f} | "
+            f"{r['median_ms']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="small,medium,large")
+    parser.add_argument("--cells", default=",".join(CELLS))
+    parser.add_argument("--calls", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--keep_freed_memory", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("results/page-faults"))
+    args = parser.parse_args(argv)
+    sizes, cells = args.sizes.split(","), args.cells.split(",")
+    for name, values, allowed in (("--sizes", sizes, SIZES), ("--cells", cells, CELLS)):
+        if bad := [v for v in values if v not in allowed]:
+            parser.error(f"{name} must be names from {sorted(allowed)}; got {bad}")
+    for name in ("calls", "warmup"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1; got {getattr(args, name)}")
+    if not Path("/proc/self/status").exists():
+        parser.error("page faults are counted on Linux only")
+
+    import run  # noqa: E402  (benchmarks/run.py: the allocator record)
+
+    allocator = run.allocator()
+    if args.keep_freed_memory:  # before JAX allocates anything
+        allocator.update(keep_freed_memory())
+    import common
+
+    record = {
+        "command": "python benchmarks/page_faults.py "
+        + " ".join(sys.argv[1:] if argv is None else argv),
+        "calls": args.calls,
+        "warmup": args.warmup,
+        "allocator": allocator,
+        "rows": [],
+    }
+    for size in sizes:
+        for cell in cells:
+            row = measure(cell, size, args.calls, args.warmup)
+            record["rows"].append(row)
+            print(
+                f"{size} {cell}: temporaries {row['temp_bytes'] / 2**20:.1f} MiB, "
+                f"{row['faults_per_call']:,.1f} faults per call, {row['median_ms']:.2f} ms",
+                flush=True,
+            )
+    record["environment"] = common.environment()
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "page_faults.json").write_text(json.dumps(record, indent=2))
+    (args.out / "page_faults.md").write_text(markdown(record))
+    print(f"Wrote {args.out / 'page_faults.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
