@@ -13,7 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from report import allocator_text  # noqa: E402
 
 
 def compare(a: dict, b: dict) -> list[dict]:
@@ -45,11 +50,7 @@ def compare(a: dict, b: dict) -> list[dict]:
 def _describe(label: str, record: dict) -> str:
     env = record["environment"]
     alloc = env.get("allocator")
-    if alloc is None:
-        alloc_text = "allocator not recorded"
-    else:
-        settings = ", ".join(f"{k}={v}" for k, v in alloc.items() if k != "libc")
-        alloc_text = f"allocator {alloc.get('libc')}, {settings or 'default settings'}"
+    alloc_text = "allocator not recorded" if alloc is None else f"allocator {allocator_text(alloc)}"
     dirty = " (with uncommitted edits)" if env.get("git_dirty") else ""
     return (
         f"- {label}: `{record['command']}`, {env.get('date_utc')}, commit "

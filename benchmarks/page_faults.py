@@ -10,9 +10,10 @@ For each benchmark size and cell, rnnjax's training step (the benchmark's loss, 
 
 XLA:CPU allocates a step's temporaries as one block per call. glibc serves a block
 above its mmap threshold (which it raises by itself only up to 32 MiB) with fresh pages
-each time, so every page of it faults on every call. ``--keep_freed_memory`` raises
-glibc's mmap and trim thresholds to 1 GiB with ``mallopt`` before anything is
-compiled, so freed blocks stay in the process and are reused (the resident set then
+each time, so every page of it faults on every call; a block above 64 MiB from a
+thread's own arena, always. ``--keep_freed_memory`` (``run.keep_freed_memory``) sets
+one malloc arena and glibc's mmap and trim thresholds to 1 GiB with ``mallopt`` before
+JAX starts, so freed blocks stay in the process and are reused (the resident set then
 stays at its peak). Writes ``page_faults.json`` (with the environment) and
 ``page_faults.md``. Linux with glibc only.
 """
@@ -20,7 +21,6 @@ stays at its peak). Writes ``page_faults.json`` (with the environment) and
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import resource
 import sys
@@ -33,19 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 
 SIZES = {"small": (32, 256, 32, 128), "medium": (64, 128, 256, 256), "large": (64, 100, 512, 512)}
 CELLS = ("rnn", "gru", "lstm")
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-KEEP_BYTES = 2**30  # mallopt takes a C int: 2**32 would wrap to 0 (trim on every free)
-
-
-def keep_freed_memory(nbytes: int = KEEP_BYTES) -> dict:
-    """Raise glibc's mmap and trim thresholds for this process (``mallopt``)."""
-    if not 0 < nbytes < 2**31:
-        raise ValueError(f"nbytes must be in (0, 2**31): mallopt takes a C int; got {nbytes}.")
-    libc = ctypes.CDLL("libc.so.6")
-    ok = [libc.mallopt(M_MMAP_THRESHOLD, nbytes), libc.mallopt(M_TRIM_THRESHOLD, nbytes)]
-    if ok != [1, 1]:
-        raise RuntimeError(f"mallopt refused the thresholds ({nbytes} bytes): returned {ok}.")
-    return {"mallopt": {"M_MMAP_THRESHOLD": nbytes, "M_TRIM_THRESHOLD": nbytes}}
 
 
 def _faults() -> int:
@@ -90,18 +77,15 @@ def measure(cell_name: str, size: str, calls: int, warmup: int) -> dict:
 
 def markdown(record: dict) -> str:
     env = record["environment"]
-    alloc = record["allocator"]
-    settings = ", ".join(f"{k}={v}" for k, v in alloc.get("mallopt", {}).items())
+    from report import allocator_text
+
     lines = [
         "# Page faults per training step",
         "",
         f"Command: `{record['command']}`, {env['date_utc']}; {env['cpu']} "
         f"({env['cpu_count']} cores), jax {env['versions']['jax']}, commit "
         f"{str(env['git_commit'])[:10]}{' (with uncommitted edits)' if env['git_dirty'] else ''}.",
-        f"Allocator: {alloc['libc']}"
-        + "".join(f", {k}={v}" for k, v in alloc.items() if k not in ("libc", "mallopt"))
-        + (f", set in the process with mallopt: {settings}" if settings else "")
-        + ".",
+        f"Allocator: {allocator_text(record['allocator'])}.",
         f"Minor page faults and wall time over {record['calls']} calls after "
         f"{record['warmup']} warm-up calls; XLA's temporaries from `memory_analysis()`.",
         "",
@@ -139,9 +123,9 @@ def main(argv=None) -> int:
 
     import run  # noqa: E402  (benchmarks/run.py: the allocator record)
 
+    if args.keep_freed_memory:  # before JAX starts its threads
+        run.keep_freed_memory()
     allocator = run.allocator()
-    if args.keep_freed_memory:  # before JAX allocates anything
-        allocator.update(keep_freed_memory())
     import common
 
     record = {

@@ -290,6 +290,18 @@ def gate_table(record: dict) -> list[str]:
     return lines
 
 
+def allocator_text(alloc: dict) -> str:
+    """``run.allocator()``'s record in words: the C library, the variables the process
+    started with, and what ``run.keep_freed_memory`` set with ``mallopt``."""
+    parts = [f"{k}={v}" for k, v in alloc.items() if k not in ("libc", "mallopt")]
+    if alloc.get("mallopt"):
+        kept = ", ".join(f"{k}={v}" for k, v in alloc["mallopt"].items())
+        parts.append(f"set in the process with mallopt: {kept}")
+    return f"{alloc.get('libc') or 'unknown C library'}, " + (
+        ", ".join(parts) or "its default settings"
+    )
+
+
 def header(record: dict) -> list[str]:
     env = record["environment"]
     v = env["versions"]
@@ -307,13 +319,7 @@ def header(record: dict) -> list[str]:
         f"{' (with uncommitted edits)' if env.get('git_dirty') else ''}.",
     ]
     if "allocator" in env:  # runs before the allocator was recorded have no such line
-        alloc = env["allocator"]
-        settings = ", ".join(f"{k}={v}" for k, v in alloc.items() if k != "libc")
-        lines.append(
-            f"Allocator: {alloc.get('libc') or 'unknown C library'}, "
-            + (settings or "its default settings")
-            + "."
-        )
+        lines.append(f"Allocator: {allocator_text(env['allocator'])}.")
     if peak:
         torch_peak = peak.get("torch_gflops")
         lines.append(

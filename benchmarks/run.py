@@ -346,7 +346,35 @@ def allocator() -> dict:
     return {
         "libc": f"{libc} {version}".strip() or None,
         **{k: os.environ[k] for k in ALLOCATOR_VARIABLES if k in os.environ},
+        **({"mallopt": dict(_KEPT)} if _KEPT else {}),
     }
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
+KEEP_BYTES = 2**30  # mallopt takes a C int: 2**32 would wrap to 0 (trim on every free)
+_KEPT: dict = {}  # what keep_freed_memory set in this process, for the record
+
+
+def keep_freed_memory(nbytes: int = KEEP_BYTES) -> dict:
+    """Keep freed memory in this process for reuse (glibc, ``mallopt``): one malloc
+    arena, and mmap and trim thresholds of ``nbytes``.
+
+    Call it before JAX (or PyTorch) starts its threads: a thread's own arena serves a
+    block above 64 MiB with fresh pages whatever the thresholds, hence one arena. The
+    resident set then stays at its peak. Returns the settings, as ``allocator()``
+    records them.
+    """
+    if not 0 < nbytes < 2**31:
+        raise ValueError(f"nbytes must be in (0, 2**31): mallopt takes a C int; got {nbytes}.")
+    libc = ctypes.CDLL("libc.so.6")
+    settings = {"M_ARENA_MAX": 1, "M_MMAP_THRESHOLD": nbytes, "M_TRIM_THRESHOLD": nbytes}
+    codes = {"M_ARENA_MAX": M_ARENA_MAX, "M_MMAP_THRESHOLD": M_MMAP_THRESHOLD}
+    codes["M_TRIM_THRESHOLD"] = M_TRIM_THRESHOLD
+    refused = [k for k, v in settings.items() if libc.mallopt(codes[k], v) != 1]
+    if refused:
+        raise RuntimeError(f"mallopt refused {refused} ({settings}).")
+    _KEPT.update(settings)
+    return {"mallopt": settings}
 
 
 def _cpu_flags() -> list[str]:
@@ -408,6 +436,12 @@ def parse(argv=None):
         help="CPU: force this many host devices (for the rnnjax-devices variant; 0: JAX's "
         "own count); set before JAX starts, so only in a fresh process",
     )
+    p.add_argument(
+        "--keep_freed_memory",
+        action="store_true",
+        help="glibc: keep freed memory in the process for every backend (one malloc "
+        "arena, mmap and trim thresholds 1 GiB; benchmarks/README.md, 'The allocator')",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="results/benchmarks")
     args = p.parse_args(argv)
@@ -460,6 +494,8 @@ def force_host_devices(count: int) -> None:
 def main(argv=None) -> int:
     args = parse(argv)
     force_host_devices(args.host_devices)
+    if args.keep_freed_memory:  # before JAX and PyTorch start their threads
+        keep_freed_memory()
     import jax
 
     gpu = jax.default_backend() == "gpu"

@@ -262,6 +262,9 @@ def test_the_allocator_settings_are_recorded_and_printed(monkeypatch):
     record["environment"]["allocator"] = plain
     line = next(x for x in report.header(record) if x.startswith("Allocator:"))
     assert line.endswith("its default settings.")
+    record["environment"]["allocator"] = {**plain, "mallopt": {"M_ARENA_MAX": 1}}
+    line = next(x for x in report.header(record) if x.startswith("Allocator:"))
+    assert line.endswith("set in the process with mallopt: M_ARENA_MAX=1.")
     del record["environment"]["allocator"]  # a run from before the field existed
     assert not any(x.startswith("Allocator:") for x in report.header(record))
 
@@ -529,7 +532,7 @@ def test_page_faults_writes_its_table(tmp_path):
     with pytest.raises(SystemExit):
         page_faults.main(["--cells", "transformer"])
     with pytest.raises(ValueError, match="nbytes must be in"):
-        page_faults.keep_freed_memory(2**32)  # would wrap to 0: trim on every free
+        load("run").keep_freed_memory(2**32)  # would wrap to 0: trim on every free
 
 
 @pytest.mark.slow
@@ -542,18 +545,21 @@ def test_keeping_freed_memory_stops_the_step_from_faulting():
         """
         import json, sys
         sys.path.insert(0, "benchmarks")
-        import page_faults as pf
+        import page_faults as pf, run
         before = pf.measure("lstm", "small", calls=3, warmup=2)
-        pf.keep_freed_memory()
+        kept = run.keep_freed_memory()
         after = pf.measure("lstm", "small", calls=3, warmup=5)
-        print(json.dumps([before, after]))
+        print(json.dumps([before, after, run.allocator(), kept]))
         """
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    before, after = json.loads(out.stdout.splitlines()[-1])
+    before, after, allocator, kept = json.loads(out.stdout.splitlines()[-1])
+    assert allocator["mallopt"] == kept["mallopt"] == {
+        "M_ARENA_MAX": 1, "M_MMAP_THRESHOLD": 2**30, "M_TRIM_THRESHOLD": 2**30,
+    }  # fmt: skip
     assert before["temp_bytes"] > 32 * 2**20
     assert before["faulted_bytes_per_call"] > 0.5 * before["temp_bytes"]
     assert after["faulted_bytes_per_call"] < 0.05 * after["temp_bytes"]
