@@ -52,7 +52,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import common  # noqa: E402
 import peers  # noqa: E402
+from common import keep_freed_memory  # noqa: E402, F401  (page_faults.py, --keep_freed_memory)
 
 # (batch, steps, input size, hidden size)
 CONFIGS = {
@@ -346,35 +348,8 @@ def allocator() -> dict:
     return {
         "libc": f"{libc} {version}".strip() or None,
         **{k: os.environ[k] for k in ALLOCATOR_VARIABLES if k in os.environ},
-        **({"mallopt": dict(_KEPT)} if _KEPT else {}),
+        **({"mallopt": dict(common.KEPT)} if common.KEPT else {}),
     }
-
-
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
-KEEP_BYTES = 2**30  # mallopt takes a C int: 2**32 would wrap to 0 (trim on every free)
-_KEPT: dict = {}  # what keep_freed_memory set in this process, for the record
-
-
-def keep_freed_memory(nbytes: int = KEEP_BYTES) -> dict:
-    """Keep freed memory in this process for reuse (glibc, ``mallopt``): one malloc
-    arena, and mmap and trim thresholds of ``nbytes``.
-
-    Call it before JAX (or PyTorch) starts its threads: a thread's own arena serves a
-    block above 64 MiB with fresh pages whatever the thresholds, hence one arena. The
-    resident set then stays at its peak. Returns the settings, as ``allocator()``
-    records them.
-    """
-    if not 0 < nbytes < 2**31:
-        raise ValueError(f"nbytes must be in (0, 2**31): mallopt takes a C int; got {nbytes}.")
-    libc = ctypes.CDLL("libc.so.6")
-    settings = {"M_ARENA_MAX": 1, "M_MMAP_THRESHOLD": nbytes, "M_TRIM_THRESHOLD": nbytes}
-    codes = {"M_ARENA_MAX": M_ARENA_MAX, "M_MMAP_THRESHOLD": M_MMAP_THRESHOLD}
-    codes["M_TRIM_THRESHOLD"] = M_TRIM_THRESHOLD
-    refused = [k for k, v in settings.items() if libc.mallopt(codes[k], v) != 1]
-    if refused:
-        raise RuntimeError(f"mallopt refused {refused} ({settings}).")
-    _KEPT.update(settings)
-    return {"mallopt": settings}
 
 
 def _cpu_flags() -> list[str]:

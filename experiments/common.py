@@ -4,6 +4,7 @@ the environment record, and small statistics helpers."""
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 import json
 import math
@@ -120,6 +121,34 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
+KEEP_BYTES = 2**30  # mallopt takes a C int: 2**32 would wrap to 0 (trim on every free)
+KEPT: dict = {}  # what keep_freed_memory set in this process, for the record
+
+
+def keep_freed_memory(nbytes: int = KEEP_BYTES) -> dict:
+    """Keep freed memory in this process for reuse (glibc, ``mallopt``): one malloc
+    arena, and mmap and trim thresholds of ``nbytes``.
+
+    Call it before JAX (or PyTorch) starts its threads: a thread's own arena serves a
+    block above 64 MiB with fresh pages whatever the thresholds, hence one arena. The
+    resident set then stays at its peak. Returns the settings, as the benchmark's
+    ``allocator()`` records them. Linux with glibc only (benchmarks/README.md, "The
+    allocator", has the measurements).
+    """
+    if not 0 < nbytes < 2**31:
+        raise ValueError(f"nbytes must be in (0, 2**31): mallopt takes a C int; got {nbytes}.")
+    libc = ctypes.CDLL("libc.so.6")
+    settings = {"M_ARENA_MAX": 1, "M_MMAP_THRESHOLD": nbytes, "M_TRIM_THRESHOLD": nbytes}
+    codes = {"M_ARENA_MAX": M_ARENA_MAX, "M_MMAP_THRESHOLD": M_MMAP_THRESHOLD}
+    codes["M_TRIM_THRESHOLD"] = M_TRIM_THRESHOLD
+    refused = [k for k, v in settings.items() if libc.mallopt(codes[k], v) != 1]
+    if refused:
+        raise RuntimeError(f"mallopt refused {refused} ({settings}).")
+    KEPT.update(settings)
+    return {"mallopt": settings}
 
 
 def join_processes() -> bool:

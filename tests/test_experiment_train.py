@@ -159,6 +159,29 @@ def test_unknown_flag_and_bad_type(tmp_path, capsys):
     assert "invalid int value: 'many'" in capsys.readouterr().err
 
 
+def test_keep_freed_memory_is_set_before_jax_starts(tmp_path, monkeypatch):
+    # mallopt changes the whole process, so it is recorded here, not called: the flag
+    # must reach common.keep_freed_memory before join_processes (JAX's first call),
+    # and not at all without the flag.
+    module = load()
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def join():
+        calls.append("join")
+        raise Stop
+
+    monkeypatch.setattr(module.common, "keep_freed_memory", lambda: calls.append("keep"))
+    monkeypatch.setattr(module.common, "join_processes", join)
+    for argv, want in ((["--keep_freed_memory"], ["keep", "join"]), ([], ["join"])):
+        calls.clear()
+        with pytest.raises(Stop):
+            module.main(argv + ["--out", str(tmp_path)])
+        assert calls == want
+
+
 def _final_params(run: Path):
     from rnnjax.checkpoint import Checkpointer
 
