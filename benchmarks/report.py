@@ -292,7 +292,7 @@ def gate_table(record: dict) -> list[str]:
 
 def allocator_text(alloc: dict) -> str:
     """``run.allocator()``'s record in words: the C library, the variables the process
-    started with, and what ``run.keep_freed_memory`` set with ``mallopt``."""
+    started with, and what ``common.keep_freed_memory`` set with ``mallopt``."""
     parts = [f"{k}={v}" for k, v in alloc.items() if k not in ("libc", "mallopt")]
     if alloc.get("mallopt"):
         kept = ", ".join(f"{k}={v}" for k, v in alloc["mallopt"].items())

@@ -140,7 +140,11 @@ def keep_freed_memory(nbytes: int = KEEP_BYTES) -> dict:
     """
     if not 0 < nbytes < 2**31:
         raise ValueError(f"nbytes must be in (0, 2**31): mallopt takes a C int; got {nbytes}.")
-    libc = ctypes.CDLL("libc.so.6")
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt  # noqa: B018  (glibc's; absent from other C libraries)
+    except (OSError, AttributeError) as err:
+        raise RuntimeError(f"keep_freed_memory needs glibc (Linux): {err}") from err
     settings = {"M_ARENA_MAX": 1, "M_MMAP_THRESHOLD": nbytes, "M_TRIM_THRESHOLD": nbytes}
     codes = {"M_ARENA_MAX": M_ARENA_MAX, "M_MMAP_THRESHOLD": M_MMAP_THRESHOLD}
     codes["M_TRIM_THRESHOLD"] = M_TRIM_THRESHOLD

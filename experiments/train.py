@@ -70,7 +70,8 @@ class Config:
     sample_chars: int = 300  # charlm: characters to sample at the end
     # CPU, glibc: keep freed memory in the process (one malloc arena, high mmap and trim
     # thresholds) so a step's temporaries do not page-fault on every call; the resident
-    # set stays at its peak. 1.05-1.40x faster training steps here (benchmarks/README.md).
+    # set stays at its peak. rnnjax's benchmark training steps: 1.11-1.31x faster on this
+    # project's CPU, all but the smallest (benchmarks/README.md, "The allocator").
     keep_freed_memory: bool = False
 
     def validate(self) -> None:

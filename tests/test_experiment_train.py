@@ -182,6 +182,20 @@ def test_keep_freed_memory_is_set_before_jax_starts(tmp_path, monkeypatch):
         assert calls == want
 
 
+def test_keep_freed_memory_without_glibc_says_so(monkeypatch):
+    common = load().common
+
+    def no_glibc(name, *args, **kwargs):
+        raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr(common.ctypes, "CDLL", no_glibc)
+    with pytest.raises(RuntimeError, match=r"needs glibc \(Linux\): libc.so.6"):
+        common.keep_freed_memory()
+    assert common.KEPT == {}
+    with pytest.raises(ValueError, match=r"nbytes must be in \(0, 2\*\*31\)"):
+        common.keep_freed_memory(0)
+
+
 def _final_params(run: Path):
     from rnnjax.checkpoint import Checkpointer
 
