@@ -80,6 +80,9 @@ class Config:
     out: str = "runs"
     name: str = ""  # default: s2s-<task>[-T<seq_len>]-<cell>-<attention>
     progress: bool = True
+    # CPU, glibc: keep freed memory in the process for reuse (experiments/train.py has
+    # the same flag; benchmarks/README.md, "The allocator").
+    keep_freed_memory: bool = False
     devices: int = 0  # how many of the devices JAX sees to use; 0: all
     parallel: str = "auto"  # auto | none | data | sharded (params split too) | seeds
 
@@ -157,8 +160,10 @@ def exact_match(vocab, tokens, pairs) -> tuple[np.ndarray, list[str]]:
 
 
 def main(argv=None) -> int:
-    common.join_processes()  # before any other JAX call: a multi-process run, if launched as one
     cfg, _ = common.parse_config(Config, argv, description=__doc__.split("\n")[0])
+    if cfg.keep_freed_memory:  # before JAX starts its threads
+        common.keep_freed_memory()
+    common.join_processes()  # before any other JAX call: a multi-process run, if launched as one
     task = build_task(cfg)
     model = build_model(cfg, task)
     run = common.RunDir(Path(cfg.out) / cfg.run_name)

@@ -50,3 +50,25 @@ def random_carry(cell, batch_shape, key, dtype=np.float32):
     return jax.tree.unflatten(
         treedef, [jax.random.normal(k, z.shape, z.dtype) for k, z in zip(keys, leaves)]
     )
+
+
+def keep_freed_memory_calls(module, argv, monkeypatch) -> list[str]:
+    """What an experiment script's ``main(argv)`` calls of ``common.keep_freed_memory``
+    and ``common.join_processes`` (JAX's first call), in order, stopping at the latter.
+    Recorded, not run: ``mallopt`` would change the whole test process."""
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def join():
+        calls.append("join")
+        raise Stop
+
+    monkeypatch.setattr(module.common, "keep_freed_memory", lambda: calls.append("keep"))
+    monkeypatch.setattr(module.common, "join_processes", join)
+    try:
+        module.main(argv)
+    except Stop:
+        return calls
+    raise AssertionError("main returned without calling common.join_processes")

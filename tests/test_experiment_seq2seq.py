@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import keep_freed_memory_calls
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
@@ -121,3 +122,13 @@ def test_report_reads_runs(tmp_path):
     assert "| 0.100 | k=4: 0.100 |" in text  # one seed: the value alone
     assert "--seq_len 20 --attention none" in text
     assert (tmp_path / "out" / "reversal_vs_length.png").exists()
+
+
+def test_keep_freed_memory_is_set_before_jax_starts(tmp_path, monkeypatch):
+    # As for train.py: before join_processes (JAX's first call), and only with the flag.
+    module, argv = load("seq2seq"), [*TINY, "--out", str(tmp_path)]
+    assert keep_freed_memory_calls(module, [*argv, "--keep_freed_memory"], monkeypatch) == [
+        "keep",
+        "join",
+    ]
+    assert keep_freed_memory_calls(module, argv, monkeypatch) == ["join"]

@@ -12,6 +12,7 @@ from pathlib import Path
 import chex
 import numpy as np
 import pytest
+from helpers import keep_freed_memory_calls
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "train.py"
@@ -160,26 +161,14 @@ def test_unknown_flag_and_bad_type(tmp_path, capsys):
 
 
 def test_keep_freed_memory_is_set_before_jax_starts(tmp_path, monkeypatch):
-    # mallopt changes the whole process, so it is recorded here, not called: the flag
-    # must reach common.keep_freed_memory before join_processes (JAX's first call),
-    # and not at all without the flag.
-    module = load()
-    calls = []
-
-    class Stop(Exception):
-        pass
-
-    def join():
-        calls.append("join")
-        raise Stop
-
-    monkeypatch.setattr(module.common, "keep_freed_memory", lambda: calls.append("keep"))
-    monkeypatch.setattr(module.common, "join_processes", join)
-    for argv, want in ((["--keep_freed_memory"], ["keep", "join"]), ([], ["join"])):
-        calls.clear()
-        with pytest.raises(Stop):
-            module.main(argv + ["--out", str(tmp_path)])
-        assert calls == want
+    # The flag must reach common.keep_freed_memory before join_processes (JAX's first
+    # call), and nothing is called without it.
+    module, out = load(), ["--out", str(tmp_path)]
+    assert keep_freed_memory_calls(module, ["--keep_freed_memory", *out], monkeypatch) == [
+        "keep",
+        "join",
+    ]
+    assert keep_freed_memory_calls(module, out, monkeypatch) == ["join"]
 
 
 def test_keep_freed_memory_without_glibc_says_so(monkeypatch):
