@@ -11,7 +11,7 @@ For each benchmark size and cell, rnnjax's training step (the benchmark's loss, 
 XLA:CPU allocates a step's temporaries as one block per call. glibc serves a block
 above its mmap threshold (which it raises by itself only up to 32 MiB) with fresh pages
 each time, so every page of it faults on every call; a block above 64 MiB from a
-thread's own arena, always. ``--keep_freed_memory`` (``run.keep_freed_memory``) sets
+thread's own arena, always. ``--keep_freed_memory`` (``common.keep_freed_memory``) sets
 one malloc arena and glibc's mmap and trim thresholds to 1 GiB with ``mallopt`` before
 JAX starts, so freed blocks stay in the process and are reused (the resident set then
 stays at its peak). Writes ``page_faults.json`` (with the environment) and
@@ -29,9 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-SIZES = {"small": (32, 256, 32, 128), "medium": (64, 128, 256, 256), "large": (64, 100, 512, 512)}
+import run  # noqa: E402  (the benchmark's sizes, the allocator record)
+
+SIZES = {k: run.CONFIGS[k] for k in ("small", "medium", "large")}
 CELLS = ("rnn", "gru", "lstm")
 
 
@@ -121,12 +123,9 @@ def main(argv=None) -> int:
     if not Path("/proc/self/status").exists():
         parser.error("page faults are counted on Linux only")
 
-    import run  # noqa: E402  (benchmarks/run.py: the allocator record)
-
     if args.keep_freed_memory:  # before JAX starts its threads
         run.keep_freed_memory()
     allocator = run.allocator()
-    import common
 
     record = {
         "command": "python benchmarks/page_faults.py "
@@ -145,7 +144,7 @@ def main(argv=None) -> int:
                 f"{row['faults_per_call']:,.1f} faults per call, {row['median_ms']:.2f} ms",
                 flush=True,
             )
-    record["environment"] = common.environment()
+    record["environment"] = run.common.environment()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "page_faults.json").write_text(json.dumps(record, indent=2))
     (args.out / "page_faults.md").write_text(markdown(record))
