@@ -1,9 +1,31 @@
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
-import jax
-import numpy as np
-import pytest
+# One persistent compilation cache for this test session, shared by the pytest-xdist
+# workers and every script the tests start in a subprocess: the subprocess tests run
+# the same train step in several processes (interrupted, resumed, uninterrupted; one
+# device, two processes), and each would otherwise compile it again. Fresh per session
+# (so every run compiles everything at least once) and removed at its end. Set before
+# JAX is imported, which reads it then; a cache directory the caller set is kept.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="rnnjax-tests-xla-")
+    os.environ["RNNJAX_TESTS_OWN_XLA_CACHE"] = os.environ["JAX_COMPILATION_CACHE_DIR"]
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+# The same, for a JAX another plugin imported before this file set the variables.
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" in os.environ:
+    jax.config.update(
+        "jax_persistent_cache_min_compile_time_secs",
+        float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]),
+    )
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -20,3 +42,11 @@ jax.config.update("jax_default_matmul_precision", "highest")
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+def pytest_unconfigure(config):
+    # The process that made the session's cache removes it (the controller under
+    # pytest-xdist: its workers inherit the variable and never own it).
+    own = os.environ.get("RNNJAX_TESTS_OWN_XLA_CACHE")
+    if own and not hasattr(config, "workerinput"):
+        shutil.rmtree(own, ignore_errors=True)
