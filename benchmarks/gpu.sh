@@ -38,7 +38,7 @@ EOF
 
 step "benchmark"
 timeout "${BENCH_S:-480}" "$py" benchmarks/run.py \
-  --backends rnnjax,rnnjax-autodiff,rnnjax-remat,flax,equinox,torch,cudnn \
+  --backends rnnjax,rnnjax-autodiff,rnnjax-remat,rnnjax-unroll,flax,equinox,torch,cudnn \
   --rounds "${ROUNDS:-8}" --min_sample "${MIN_SAMPLE:-0.05}" \
   --sweep_lengths 1000,10000 --out "$out/bench" >>"$log" 2>&1
 echo "benchmark exit status $?" | tee -a "$log"

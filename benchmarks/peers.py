@@ -207,13 +207,22 @@ def _split(a: np.ndarray, g: int) -> list[np.ndarray]:
 
 
 def rnnjax_impl(
-    cell: str, w, x, y, vjp: str = "auto", remat=None, devices=False, hoist: str | None = None
+    cell: str,
+    w,
+    x,
+    y,
+    vjp: str = "auto",
+    remat=None,
+    devices=False,
+    hoist: str | None = None,
+    unroll: int = 1,
 ) -> Impl:
     """``rnnjax.scan`` over ``rnnjax.lstm`` / ``gru`` / ``elman`` (batch-major input),
     with the backward pass ``vjp`` names (``"fused"``: the cuDNN-style custom VJP),
     ``remat`` (``True``: rematerialised over chunks of sqrt(T) steps), the input
     projection's placement ``hoist`` forces (``"1"``: one matmul before the loop, ``"0"``:
-    per step inside it; ``None``: ``rnnjax.scan``'s choice) and, with
+    per step inside it; ``None``: ``rnnjax.scan``'s choice), ``lax.scan``'s ``unroll``
+    (both loops of the fused backward) and, with
     ``devices``, the batch split over every device JAX sees (on a CPU, host devices
     forced with ``--host_devices``: XLA runs a small per-step matmul on one core, so a
     batch split is how a loop uses several)."""
@@ -256,7 +265,7 @@ def rnnjax_impl(
     def forward(p, x):
         # Runs only while jit traces: RNNJAX_HOIST, read then, is set for the trace.
         with _env("RNNJAX_HOIST", hoist):
-            return rnnjax.scan(core, p, x, vjp=vjp, remat=remat)[1]
+            return rnnjax.scan(core, p, x, vjp=vjp, remat=remat, unroll=unroll)[1]
 
     def to_torch(g):
         out = {"weight_ih": np.asarray(g.w_x).T, "weight_hh": np.asarray(g.w_h).T}
@@ -507,7 +516,9 @@ VARIANTS = (
     "rnnjax-hoisted",
     "rnnjax-in-loop",
     "rnnjax-devices",
+    "rnnjax-unroll",
 )
+UNROLL = 8  # the rnnjax-unroll variant's: for a GPU, where each loop step costs launches
 
 
 def is_ours(name: str) -> bool:
@@ -533,6 +544,7 @@ def build(backend: str, cell: str, w, x, y) -> dict[str, Impl | Exception]:
             "rnnjax-hoisted": functools.partial(rnnjax_impl, hoist="1"),
             "rnnjax-in-loop": functools.partial(rnnjax_impl, hoist="0"),
             "rnnjax-devices": functools.partial(rnnjax_impl, devices=True),
+            "rnnjax-unroll": functools.partial(rnnjax_impl, unroll=UNROLL),
         }[backend]
         name = {
             "cudnn": "jax.experimental.rnn (cuDNN)",
@@ -542,6 +554,7 @@ def build(backend: str, cell: str, w, x, y) -> dict[str, Impl | Exception]:
             "rnnjax-hoisted": "rnnjax (projection before the loop)",
             "rnnjax-in-loop": "rnnjax (projection in the loop)",
             "rnnjax-devices": "rnnjax (batch over devices)",
+            "rnnjax-unroll": f"rnnjax (unroll={UNROLL})",
         }.get(backend, backend)
         makers = {name: make}
     out = {}

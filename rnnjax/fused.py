@@ -52,17 +52,20 @@ def _matmul(h, w_h):
     return h.astype(w_h.dtype) @ w_h
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def fused_scan(cell: Cell, reverse: bool, in_loop: bool, params, xs, carry: PyTree, mask):
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def fused_scan(
+    cell: Cell, reverse: bool, in_loop: bool, unroll: int | bool, params, xs, carry: PyTree, mask
+):
     """The driver's loop over time-major inputs ``xs [T, *batch, I]``: ``(final_carry,
     ys)`` with ``ys [T, *batch, H]``. ``in_loop``: project each step's input inside the
-    loop (else all steps in one matmul before it). ``mask [T, *batch]`` or ``None``
-    marks valid steps."""
-    out, _ = _forward(cell, reverse, in_loop, params, xs, carry, mask)
+    loop (else all steps in one matmul before it). ``unroll``: ``lax.scan``'s, for the
+    forward and the backward loop. ``mask [T, *batch]`` or ``None`` marks valid
+    steps."""
+    out, _ = _forward(cell, reverse, in_loop, unroll, params, xs, carry, mask)
     return out
 
 
-def _forward(cell, reverse, in_loop, params, xs, carry, mask):
+def _forward(cell, reverse, in_loop, unroll, params, xs, carry, mask):
     small = _pointwise_params(params)
     step_vjp = cell.recur_z_vjp
 
@@ -79,7 +82,9 @@ def _forward(cell, reverse, in_loop, params, xs, carry, mask):
         return new, (y, carry, saved)
 
     xp = xs if in_loop else cell.project(params, xs)
-    final, (ys, carries, saved) = jax.lax.scan(body, carry, (xp, mask), reverse=reverse)
+    final, (ys, carries, saved) = jax.lax.scan(
+        body, carry, (xp, mask), reverse=reverse, unroll=unroll
+    )
     return (final, ys), (carries, saved)
 
 
@@ -92,15 +97,15 @@ def _mask(valid, new, y, carry):
     return new, jnp.where(keep, y, jnp.zeros_like(y))
 
 
-def _fwd(cell, reverse, in_loop, params, xs, carry, mask):
-    out, (carries, saved) = _forward(cell, reverse, in_loop, params, xs, carry, mask)
+def _fwd(cell, reverse, in_loop, unroll, params, xs, carry, mask):
+    out, (carries, saved) = _forward(cell, reverse, in_loop, unroll, params, xs, carry, mask)
     # The outputs ys are kept for the written-out backward (an output of the loop
     # anyway: no extra store).
     ys = out[1] if cell.recur_z_vjp is not None else None
     return out, (params, xs, mask, carries, saved, ys)
 
 
-def _bwd(cell, reverse, in_loop, residuals, cotangents):
+def _bwd(cell, reverse, in_loop, unroll, residuals, cotangents):
     params, xs, mask, carries, saved, ys = residuals
     d_final, d_ys = cotangents
     small = _pointwise_params(params)
@@ -134,7 +139,7 @@ def _bwd(cell, reverse, in_loop, residuals, cotangents):
 
         xp_in = None if in_loop else xp_all
         d_carry0, (d_xp, d_z, d_small) = jax.lax.scan(
-            body, d_final, (carries, saved, xp_in, d_ys, mask), reverse=not reverse
+            body, d_final, (carries, saved, xp_in, d_ys, mask), reverse=not reverse, unroll=unroll
         )
         d_params, d_xs = project_vjp(d_xp)
         d_params = d_params._replace(
@@ -159,7 +164,7 @@ def _bwd(cell, reverse, in_loop, residuals, cotangents):
             return d_prev, (d_z, extra)
 
         d_carry0, (d_z, extra) = jax.lax.scan(
-            body, d_final, (carries, saved, ys, d_ys, mask), reverse=not reverse
+            body, d_final, (carries, saved, ys, d_ys, mask), reverse=not reverse, unroll=unroll
         )
         d_params, d_xs = step_vjp.finish(params, xs, d_z, extra)
     # dW_h = H_prev^T dZ: one matmul over every step.

@@ -48,6 +48,7 @@ VARIANTS = {
     "rnnjax (remat=True)",
     "rnnjax (projection before the loop)",
     "rnnjax (projection in the loop)",
+    "rnnjax (unroll=8)",
 }
 DEVICES = "rnnjax (batch over devices)"
 CUDNN = "jax.experimental.rnn (cuDNN)"
@@ -77,9 +78,9 @@ def test_gate_every_backend_computes_the_same_function(tmp_path):
 
 
 def test_rnnjax_variants_pass_the_gate():
-    """rnnjax's variants (JAX's backward, fused, remat, both projection placements) as the
-    benchmark builds them; the one that splits the batch over devices is skipped, with
-    the reason, on one device."""
+    """rnnjax's variants (JAX's backward, fused, remat, both projection placements,
+    unrolled loops) as the benchmark builds them; the one that splits the batch over
+    devices is skipped, with the reason, on one device."""
     import jax
 
     pytest.importorskip("torch")

@@ -1,5 +1,7 @@
 """The fused backward pass (rnnjax.fused) against JAX's own differentiation of the loop."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -69,6 +71,39 @@ def test_fused_equals_autodiff_in_outputs_and_gradients(name, with_lengths, reve
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
 
 
+@pytest.mark.parametrize("name", ["lstm", "gru", "rnn_tanh", "lstm_generic"])
+@pytest.mark.parametrize("unroll", [3, True])
+def test_unrolled_fused_loops_equal_the_plain_scan(name, unroll):
+    """``unroll`` reaches both of the fused backward's loops: 3 does not divide the 7
+    steps (a remainder step), True unrolls them whole. With lengths and reverse, against
+    JAX's own backward of the loop not unrolled."""
+    cell, params, xs, carry, w_y, w_c, lengths = _problem(name, seed=1)
+
+    def grads(vjp, unroll):
+        def f(params, xs, carry):
+            final, ys = rnnjax.scan(
+                cell, params, xs, carry, lengths=lengths, reverse=True, vjp=vjp, unroll=unroll
+            )
+            tail = sum(jnp.sum(a * b) for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(w_c)))
+            return jnp.sum(jnp.tanh(ys) * w_y) + tail
+
+        return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))(params, xs, carry)
+
+    got, want = grads("fused", unroll), grads("autodiff", 1)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        assert float(jnp.max(jnp.abs(b))) > 0
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+
+    # Both loops, the forward and the written-out backward, carry the unroll (True:
+    # the whole length, 7).
+    def forward(p):
+        return jnp.sum(rnnjax.scan(cell, p, xs, vjp="fused", unroll=unroll)[1])
+
+    assert "custom_vjp_call" in str(jax.make_jaxpr(forward)(params))
+    jaxpr = str(jax.make_jaxpr(jax.grad(forward))(params))
+    assert re.findall(r"unroll=(\w+)", jaxpr) == [str(7 if unroll is True else unroll)] * 2
+
+
 def test_fused_under_jit_vmap_and_two_batch_dims():
     cell, params, xs, carry, w_y, w_c, lengths = _problem("lstm", batch=(2, 3))
     for v in ("fused", "autodiff"):
@@ -118,8 +153,6 @@ def test_fused_only_on_request_and_only_where_it_applies():
         rnnjax.scan(before, p, xs, vjp="fused")
     with pytest.raises(ValueError, match="return_carries=True"):
         rnnjax.scan(cell, params, xs, vjp="fused", return_carries=True)
-    with pytest.raises(ValueError, match="unroll=2"):
-        rnnjax.scan(cell, params, xs, vjp="fused", unroll=2)
     with pytest.raises(ValueError, match="vjp must be one of"):
         rnnjax.scan(cell, params, xs, vjp="cudnn")
 
@@ -137,7 +170,7 @@ def test_auto_takes_the_fused_backward_where_it_is_faster_and_applies(monkeypatc
     assert not uses_fused(vjp="autodiff")
     assert not uses_fused(return_carries=True)
     assert not uses_fused(remat=3)
-    assert not uses_fused(unroll=2)
+    assert uses_fused(unroll=2)  # both of its loops unrolled (test below)
     eps = jax.tree.map(lambda c: jnp.zeros((xs.shape[-2],) + c.shape), carry)
     assert not uses_fused(perturbation=rnnjax.Perturbation(carry=eps))
     monkeypatch.setenv("RNNJAX_VJP", "autodiff")
