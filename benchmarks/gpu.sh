@@ -5,16 +5,19 @@
 #
 # 1. the machine: GPU name, driver, memory; Python, jax, flax, torch and CUDA versions;
 # 2. the benchmark (benchmarks/run.py) with the GPU peers (PyTorch on cuDNN,
-#    jax.experimental.rnn's cuDNN LSTM) and rnnjax's variants (fused backward, remat),
-#    in float32 with TF32 off in every backend;
-# 3. the main job's smoke run (experiments/vanishing_gradients.py, tiny) on the GPU;
-# 4. the tests of the driver, its fast paths and the benchmark gate, on the GPU.
+#    jax.experimental.rnn's cuDNN LSTM) and rnnjax's variants (JAX's backward, remat,
+#    unroll=8), in float32 with TF32 off in every backend;
+# 3. where the small LSTM's step time goes (benchmarks/profile_step.py: the kernels of
+#    rnnjax's inference and training step, and with unroll=8);
+# 4. the main job's smoke run (experiments/vanishing_gradients.py, tiny) on the GPU;
+# 5. the tests of the driver, its fast paths and the benchmark gate, on the GPU.
 #
 # It installs nothing: it runs the repository with the python3 given as $PYTHON (or on
-# the PATH) whose jax sees the GPU. Writes at most 7 files: OUT/log.txt (steps 1-3),
-# OUT/pytest.log and OUT/bench/ (benchmark.json, .md, summary.md, two plots).
-# Each step has a time limit (seconds: BENCH_S, SMOKE_S, TEST_S); the benchmark saves
-# its JSON after every cell, so a step cut short keeps what it measured.
+# the PATH) whose jax sees the GPU. Writes at most 11 files: OUT/log.txt (steps 1-4),
+# OUT/pytest.log, OUT/bench/ (benchmark.json, .md, summary.md, two plots) and
+# OUT/profile-small-lstm-{infer,train}/ (profile.json, profile.md). Each step has a
+# time limit (seconds: BENCH_S, PROFILE_S per mode, SMOKE_S, TEST_S); the benchmark
+# saves its JSON after every cell, so a step cut short keeps what it measured.
 set -u
 out=${1:-results/gpu}
 py=${PYTHON:-python3}
@@ -42,6 +45,14 @@ timeout "${BENCH_S:-480}" "$py" benchmarks/run.py \
   --rounds "${ROUNDS:-8}" --min_sample "${MIN_SAMPLE:-0.05}" \
   --sweep_lengths 1000,10000 --out "$out/bench" >>"$log" 2>&1
 echo "benchmark exit status $?" | tee -a "$log"
+
+step "where the small LSTM's step time goes"
+for mode in infer train; do
+  timeout "${PROFILE_S:-60}" "$py" benchmarks/profile_step.py --config small --cell lstm \
+    --mode "$mode" --backends rnnjax,rnnjax-unroll --calls 3 \
+    --out "$out/profile-small-lstm-$mode" >>"$log" 2>&1
+  echo "profile $mode exit status $?" | tee -a "$log"
+done
 
 step "main job, smoke run"
 timeout "${SMOKE_S:-180}" "$py" experiments/vanishing_gradients.py --forget_train \

@@ -75,6 +75,17 @@ PRECISIONS = {"float32": "highest", "tf32": "tensorfloat32"}
 GATE_TOLERANCES = {"float32": (1e-5, 1e-4), "tf32": (2e-2, 2e-2)}
 
 
+def problem(cell: str, shape: tuple[int, int, int, int], seed: int = 0):
+    """What every backend gets for ``cell`` at ``shape = (B, T, I, H)``: the weights in
+    PyTorch's layout, inputs ``x [B, T, I]`` and targets ``y [B, T, H]`` (NumPy)."""
+    batch, steps, inputs, hidden = shape
+    w = peers.weights(cell, inputs, hidden, seed)
+    data = np.random.default_rng(seed + 1)
+    x = data.standard_normal((batch, steps, inputs)).astype(np.float32)
+    y = data.standard_normal((batch, steps, hidden)).astype(np.float32) * 0.5
+    return w, x, y
+
+
 def set_precision(precision: str) -> None:
     """Make every backend run its float32 matmuls as ``precision`` on a GPU: JAX's
     default matmul precision (which ``jax.experimental.rnn`` follows too) and PyTorch's
@@ -505,10 +516,7 @@ def main(argv=None) -> int:
     for config in args.configs:
         batch, steps, inputs, hidden = CONFIGS[config]
         for cell in args.cells:
-            w = peers.weights(cell, inputs, hidden, args.seed)
-            data = np.random.default_rng(args.seed + 1)
-            x = data.standard_normal((batch, steps, inputs)).astype(np.float32)
-            y = data.standard_normal((batch, steps, hidden)).astype(np.float32) * 0.5
+            w, x, y = problem(cell, CONFIGS[config], args.seed)
             impls, broken = {}, {}
             for backend in args.backends:
                 for name, impl in peers.build(backend, cell, w, x, y).items():
@@ -599,10 +607,7 @@ def memory_sweep(args, gpu: bool) -> list[dict]:
     batch, inputs, hidden = SWEEP_SHAPE
     out = []
     for steps in args.sweep_lengths:
-        w = peers.weights("lstm", inputs, hidden, args.seed)
-        data = np.random.default_rng(args.seed + 1)
-        x = data.standard_normal((batch, steps, inputs)).astype(np.float32)
-        y = data.standard_normal((batch, steps, hidden)).astype(np.float32) * 0.5
+        w, x, y = problem("lstm", (batch, steps, inputs, hidden), args.seed)
         point = {"steps": steps, "batch": batch, "inputs": inputs, "hidden": hidden, "backends": {}}
         for backend in args.backends:
             for name, impl in peers.build(backend, "lstm", w, x, y).items():

@@ -563,3 +563,107 @@ def test_keeping_freed_memory_stops_the_step_from_faulting(tmp_path):
     # Kept, a call now and then still takes fresh pages (the heap grows around other
     # allocations): a mean over 10 calls, not every call, is what drops.
     assert after["faulted_bytes_per_call"] < 0.25 * after["temp_bytes"]
+
+
+def test_profile_adds_up_events_by_process_and_name():
+    """``summarize`` against sums taken another way, over random events, with the
+    Python frames and XLA:CPU's completion markers left out."""
+    profile_step = load("profile_step")
+    rng = np.random.default_rng(3)
+    names = ["while.3", "ynn_fusion", "copy.1"]
+    events = [
+        {"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/host:CPU"}},
+        {"ph": "M", "name": "process_name", "pid": 7, "args": {"name": "/device:GPU:0"}},
+    ]
+    want = {}
+    for pid, where in ((1, "/host:CPU"), (7, "/device:GPU:0")):
+        for name in names:
+            durs = rng.uniform(0.5, 50.0, size=int(rng.integers(1, 40)))
+            events += [{"ph": "X", "pid": pid, "name": name, "dur": float(d)} for d in durs]
+            want[(where, name)] = (len(durs), durs.sum())
+    events += [
+        {"ph": "X", "pid": 1, "name": "$api.py:1 block_until_ready", "dur": 1e6},
+        {"ph": "X", "pid": 1, "name": "end: ynn_fusion", "dur": 1e6},
+        {"ph": "i", "pid": 1, "name": "while.3"},  # an instant event: no duration
+    ]
+    rng.shuffle(events)
+    calls = 4
+    rows = profile_step.summarize({"traceEvents": events}, calls)
+    assert [r["ms_per_call"] for r in rows] == sorted(
+        (r["ms_per_call"] for r in rows), reverse=True
+    )
+    got = {(r["process"], r["name"]): r for r in rows}
+    assert set(got) == set(want)
+    for key, (count, total_us) in want.items():
+        r = got[key]
+        assert r["runs_per_call"] == count / calls
+        np.testing.assert_allclose(r["ms_per_call"], total_us / calls / 1e3, rtol=1e-12)
+        np.testing.assert_allclose(r["us_per_run"], total_us / count, rtol=1e-12)
+
+
+@pytest.mark.slow
+def test_profile_step_finds_the_loop_body_and_its_unrolling(tmp_path):
+    """On the tiny size (T = 16), rnnjax's training step runs its loops' operations 16
+    times per call; with unroll=8 (two iterations of eight copies) none runs 16 times."""
+    import jax
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("checks XLA:CPU's operation names; gpu.sh profiles on the GPU itself")
+    done = subprocess.run(
+        [sys.executable, "benchmarks/profile_step.py", "--config", "tiny", "--cell", "gru",
+         "--mode", "train", "--backends", "rnnjax,rnnjax-unroll", "--calls", "3",
+         "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((tmp_path / "profile.json").read_text())
+    T = record["shape"][1]
+    assert T == 16 and record["mode"] == "train" and record["environment"]["git_commit"]
+    plain, unrolled = (record["backends"][k]["rows"] for k in ("rnnjax", "rnnjax (unroll=8)"))
+    assert any(r["runs_per_call"] == T for r in plain)
+    assert not any(r["runs_per_call"] == T for r in unrolled)
+    assert any(r["runs_per_call"] == T // 8 for r in unrolled)
+    for rows in (plain, unrolled):  # the forward and the backward loop, once per call
+        assert sorted(r["runs_per_call"] for r in rows if r["name"].startswith("while")) == [1, 1]
+    text = (tmp_path / "profile.md").read_text()
+    assert "## rnnjax (unroll=8):" in text and "| runs per call |" in text
+
+
+def test_profile_step_refuses_bad_input(monkeypatch, capsys):
+    profile_step = load("profile_step")
+    for argv, message in (
+        (["--backends", "torch"], "--backends must be JAX backends"),
+        (["--config", "huge"], "--config must be one of"),
+        (["--calls", "0"], "--calls must be >= 1"),
+    ):
+        with pytest.raises(SystemExit):
+            profile_step.parse(argv)
+        assert message in capsys.readouterr().err
+    # This process's JAX has started without the CPU trace flag: a clear error, not a
+    # trace with no CPU operations in it.
+    import jax
+
+    jax.devices()
+    monkeypatch.setenv("XLA_FLAGS", "")
+    with pytest.raises(RuntimeError, match="fresh process"):
+        profile_step.enable_cpu_trace()
+
+
+def test_gpu_script_commands_parse():
+    """Every benchmark command in gpu.sh is accepted by its script's parser, as written
+    (defaults of its time limits and variables filled in): a wrong flag or backend name
+    would fail on the lent GPU, after its start-up, where device time is short."""
+    import re
+    import shlex
+
+    text = (ROOT / "benchmarks" / "gpu.sh").read_text().replace("\\\n", " ")
+    text = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", text)  # ${VAR:-default} -> default
+    text = text.replace("$out", "/tmp/out").replace("$mode", "train")
+    parsers = {"run.py": load("run").parse, "profile_step.py": load("profile_step").parse}
+    seen = set()
+    for line in text.splitlines():
+        m = re.search(r'"\$py" benchmarks/(\w+\.py)(.*?)(>>|>|$)', line)
+        if m:
+            parsers[m.group(1)](shlex.split(m.group(2)))
+            seen.add(m.group(1))
+    assert seen == set(parsers)
