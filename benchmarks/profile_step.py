@@ -9,6 +9,7 @@ inputs, loss and jit), calls it ``--warmup`` times, then traces ``--calls`` call
 ``jax.profiler`` and adds up the trace's events by name: how many times each ran per
 call, its milliseconds per call and microseconds per run. Inside the time loop an
 operation runs once per step, so a row with ``T`` runs per call is the loop body's.
+Events nest (a loop's span holds its body's operations), so rows do not add up.
 
 On a CPU, XLA's runtime reports its operations to the profiler only with
 ``--xla_cpu_enable_xprof_traceme=true`` in ``XLA_FLAGS``; this script adds it before
@@ -152,7 +153,9 @@ def markdown(record: dict, top: int) -> str:
         f"{' (with uncommitted edits)' if env['git_dirty'] else ''}.",
         f"Allocator: {allocator_text(record['allocator'])}.",
         f"{record['calls']} traced calls after {record['warmup']} untraced; the profiler's "
-        "own cost is in every number. An operation of the time loop runs T times per call.",
+        "own cost is in every number. An operation of the time loop runs T times per call. "
+        "Events nest (a loop holds its body's operations, an executor's span what it "
+        "runs), so the rows do not add up to the call.",
     ]
     for name, b in record["backends"].items():
         lines += [
