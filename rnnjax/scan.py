@@ -6,6 +6,7 @@ batch dims, possibly none), ``[T, *batch, ...]`` inside the loop.
 
 from __future__ import annotations
 
+import numbers
 import os
 from typing import NamedTuple
 
@@ -79,9 +80,10 @@ def scan(
         reverses only the valid part of each sequence (the padded tail is skipped, not
         read first), which is what a bidirectional layer over a padded batch needs.
         Outputs stay aligned with the inputs: ``ys[..., t, :]`` belongs to ``xs[..., t, :]``.
-      unroll: passed to ``lax.scan`` (both loops of ``vjp="fused"``); measure before
-        raising it (on this project's 2-core CPU, 2 or 4 in the fused loops made the
-        training step 0.66-1.05x as fast).
+      unroll: a positive int or a bool, passed to ``lax.scan`` (both loops of
+        ``vjp="fused"``); measure before raising it (on this project's 2-core CPU,
+        ``unroll=8`` made the LSTM and GRU training steps 0.49-0.79x as fast:
+        benchmarks/README.md).
       time_major: layout of ``xs`` and of the returned ``ys``.
       perturbation: a :class:`Perturbation` of zeros, for gradient-flow diagnostics.
       return_carries: return every step's carry (padded steps hold the last valid
@@ -142,6 +144,8 @@ def scan(
         steps = jnp.arange(num_steps).reshape((num_steps,) + (1,) * len(batch_shape))
         mask = steps < lengths  # [T, *batch]
 
+    if not isinstance(unroll, bool) and (not isinstance(unroll, numbers.Integral) or unroll < 1):
+        raise ValueError(f"unroll must be a bool or a positive int; got {unroll!r}.")
     if vjp not in VJPS:
         raise ValueError(f"vjp must be one of {VJPS}; got {vjp!r}.")
     chunk = _chunk_length(remat, num_steps)

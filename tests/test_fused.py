@@ -153,6 +153,13 @@ def test_fused_only_on_request_and_only_where_it_applies():
         rnnjax.scan(before, p, xs, vjp="fused")
     with pytest.raises(ValueError, match="return_carries=True"):
         rnnjax.scan(cell, params, xs, vjp="fused", return_carries=True)
+    for bad in (0, -1, 2.5, "8"):  # named, not left to lax.scan's own messages
+        with pytest.raises(
+            ValueError, match=f"unroll must be a bool or a positive int; got {bad!r}"
+        ):
+            rnnjax.scan(cell, params, xs, unroll=bad)
+    a = rnnjax.scan(cell, params, xs, unroll=np.int64(3))[1]  # a NumPy integer is an int
+    np.testing.assert_array_equal(a, rnnjax.scan(cell, params, xs, unroll=3)[1])
     with pytest.raises(ValueError, match="vjp must be one of"):
         rnnjax.scan(cell, params, xs, vjp="cudnn")
 
