@@ -97,8 +97,9 @@ def scan(
         Measured training steps: on an H200 the fused backward was 1.16-1.35x faster
         than JAX's for every cell and benchmark size (and took less memory); on this
         project's 2-core CPU, with each cell's backward written out
-        (``cell.recur_z_vjp``), it was faster at 8 of the 9 benchmark sizes and cells
-        (README, "Speed"). Both give the same numbers up to rounding. Forward-mode
+        (``cell.recur_z_vjp``), it was 1.06-1.17x faster at 7 of the 9 benchmark
+        sizes and cells, 0.97x and 1.00x at the other two (medium LSTM and GRU;
+        README, "Speed"). Both give the same numbers up to rounding. Forward-mode
         differentiation (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``) through
         ``scan`` needs ``vjp="autodiff"``.
       remat: rematerialise over chunks of time, for long sequences. An integer ``k``:
