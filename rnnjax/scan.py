@@ -16,7 +16,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from rnnjax import fused
-from rnnjax.cells.base import Array, Cell, PyTree, check_carry
+from rnnjax.cells.base import Array, Cell, PyTree, check_carry, check_params
 from rnnjax.distributed import DATA
 
 
@@ -125,6 +125,19 @@ def scan(
             f"xs must have shape {layout} (at least 2 dims: time and features); "
             f"got shape {tuple(xs.shape)}."
         )
+    # What cell.init makes for this input size, shapes only (None for a cell whose init
+    # cannot be traced that way): params of another cell or size get a clear error.
+    expected = _expected_params(cell, xs.shape[-1])
+    if expected is not None:
+        check_params(cell, params, expected, shapes=False)
+        try:
+            check_params(cell, params, expected, shapes=True)
+        except ValueError:
+            w_x = getattr(params, "w_x", None)
+            if w_x is not None and jnp.ndim(w_x) == 2 and jnp.shape(w_x)[0] != xs.shape[-1]:
+                # xs of another feature size than the params: the cell's own error.
+                jax.eval_shape(cell.project, params, xs)
+            raise
     # Shape-only trace of the projection: raises the cell's own feature-size error
     # against the shape the caller gave, before any transpose.
     jax.eval_shape(cell.project, params, xs)
@@ -169,6 +182,16 @@ def scan(
             got
         ) != jax.tree.leaves(want):
             raise ValueError(f"perturbation.carry must have shapes {want} (time-major); got {got}.")
+    if eps_params is not None:
+        want = jax.tree.map(lambda p: (num_steps,) + jnp.shape(p), params)
+        got = jax.tree.map(jnp.shape, eps_params)
+        if jax.tree.structure(got) != jax.tree.structure(want) or jax.tree.leaves(
+            got
+        ) != jax.tree.leaves(want):
+            raise ValueError(
+                f"perturbation.params must have the params' shapes with a leading time "
+                f"axis, {want}; got {got}."
+            )
     # Where the input projection runs (hoist_projection says why). A perturbation
     # (diagnostics) always sees the hoisted projection.
     in_loop = perturbation is None and not hoist_projection(cell)
@@ -380,7 +403,16 @@ def _fused_blockers(cell, params, dtype, carry, perturbation, return_carries) ->
     return reasons
 
 
+def _expected_params(cell: Cell, input_size: int) -> PyTree | None:
+    try:
+        return jax.eval_shape(lambda key: cell.init(key, input_size), jax.random.key(0))
+    except Exception:  # noqa: BLE001  (a user's cell with an init of another form)
+        return None
+
+
 def _check_lengths(lengths, batch_shape: tuple[int, ...], num_steps: int) -> Array:
+    if isinstance(lengths, (list, tuple)):
+        lengths = np.asarray(lengths)
     shape = tuple(jnp.shape(lengths))
     if shape != tuple(batch_shape):
         raise ValueError(

@@ -70,6 +70,61 @@ def test_carry_mismatch(lstm):
         rnnjax.scan(cell, params, xs, bad)
 
 
+def test_integer_carry_is_refused(lstm):
+    """The cells cast their state to the carry's dtype: an integer carry would round
+    every state and output to integers (zeros here) instead of failing."""
+    cell, params = lstm
+    xs = jax.random.normal(jax.random.key(1), (2, 5, I))
+    ints = rnnjax.LSTMCarry(jnp.zeros((2, H), jnp.int32), jnp.zeros((2, H), jnp.int32))
+    with pytest.raises(ValueError, match=r"carry must be floating point.*float32.*got.*int32"):
+        rnnjax.scan(cell, params, xs, ints)
+    gru = rnnjax.gru(H)
+    with pytest.raises(ValueError, match=r"carry must be floating point"):
+        rnnjax.scan(gru, gru.init(jax.random.key(0), I), xs, jnp.zeros((2, H), jnp.int32))
+    # Another float width is a choice (mixed precision), not an error.
+    low = jax.tree.map(lambda a: a.astype(jnp.bfloat16), cell.initial_carry((2,)))
+    assert rnnjax.scan(cell, params, xs, low)[1].shape == (2, 5, H)
+
+
+def test_params_of_another_cell_or_size(lstm):
+    cell, params = lstm
+    xs = jnp.zeros((2, 5, I))
+    gru = rnnjax.gru(H)
+    with pytest.raises(
+        ValueError, match=r"params do not match the gru cell: expected .*GRUParams.*got LSTMParams"
+    ):
+        rnnjax.scan(gru, params, xs)
+    wider = rnnjax.lstm(H + 1).init(jax.random.key(0), I)
+    with pytest.raises(
+        ValueError, match=r"hidden size 4.*expected shapes .*w_h=\(4, 16\).*got .*w_h=\(5, 20\)"
+    ):
+        rnnjax.scan(cell, wider, xs)
+    with pytest.raises(ValueError, match=r"expected shapes .*b=\(16,\).*got .*b=\(5,\)"):
+        rnnjax.scan(cell, params._replace(b=jnp.zeros(5)), xs)
+    # The input's feature size is still blamed on xs, not on the params.
+    with pytest.raises(ValueError, match=r"xs must have feature size 3"):
+        rnnjax.scan(cell, params, jnp.zeros((2, 5, I + 2)))
+
+
+def test_lengths_as_a_list(lstm):
+    cell, params = lstm
+    xs = jax.random.normal(jax.random.key(1), (2, 5, I))
+    got = rnnjax.scan(cell, params, xs, lengths=[5, 2])[1]
+    want = rnnjax.scan(cell, params, xs, lengths=jnp.array([5, 2]))[1]
+    assert jnp.array_equal(got, want)
+
+
+def test_perturbation_params_need_a_time_axis():
+    """Without the leading T axis the params' perturbation was taken as one per step
+    along its first axis whenever that had T entries: a wrong gradient, no error."""
+    cell = rnnjax.elman(4)
+    params = cell.init(jax.random.key(0), 4)
+    xs = jnp.ones((2, 4, 4))  # T = I = H = 4
+    eps = jax.tree.map(jnp.zeros_like, params)
+    with pytest.raises(ValueError, match=r"perturbation.params must have .*leading time axis"):
+        rnnjax.scan(cell, params, xs, perturbation=rnnjax.Perturbation(params=eps))
+
+
 @pytest.mark.parametrize(
     "make,match",
     [

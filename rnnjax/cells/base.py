@@ -175,6 +175,34 @@ def check_carry(carry: PyTree, expected: PyTree, arg: str = "carry") -> None:
                 f"{arg} does not match the cell and input: expected shapes "
                 f"{_describe(expected)}; got {_describe(carry)}."
             )
+    # The cells cast their new state to the carry's dtype: an integer carry would
+    # silently round every state (and output) to integers.
+    dtypes = jax.tree.map(lambda a: str(jnp.result_type(a)), carry)
+    if not all(jnp.issubdtype(jnp.result_type(a), jnp.inexact) for a in jax.tree.leaves(carry)):
+        want = jax.tree.map(lambda a: str(jnp.result_type(a)), expected)
+        raise ValueError(
+            f"{arg} must be floating point, like the cell's state (expected dtypes "
+            f"{want}); got {dtypes}."
+        )
+
+
+def check_params(cell, params: PyTree, expected: PyTree, *, shapes: bool) -> None:
+    """Raise a clear ``ValueError`` unless ``params`` has the structure (and, with
+    ``shapes``, the leaf shapes) of ``expected``, what ``cell.init`` makes."""
+    if jax.tree.structure(params) != jax.tree.structure(expected):
+        raise ValueError(
+            f"params do not match the {cell.name} cell: expected a pytree like "
+            f"{_describe(expected)}; got {_describe(params)}."
+        )
+    if shapes and any(
+        jnp.shape(g) != jnp.shape(w)
+        for g, w in zip(jax.tree.leaves(params), jax.tree.leaves(expected))
+    ):
+        raise ValueError(
+            f"params do not match the {cell.name} cell (hidden size {cell.hidden_size}) "
+            f"and the input size: expected shapes {_describe(expected)}; got "
+            f"{_describe(params)}."
+        )
 
 
 def _describe(tree: PyTree) -> str:
