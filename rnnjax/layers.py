@@ -160,7 +160,12 @@ def stack(layers: Sequence[Layer], *, dropout_rate: float = 0.0) -> Layer:
         carries = [None] * n if carry is None else list(carry)
         finals = []
         for i, layer in enumerate(layers):
-            c, xs = layer.apply(params[i], xs, carries[i], lengths=lengths, time_major=time_major)
+            # A layer's own randomness (a stack inside the stack: its dropout) gets a
+            # key of its own, apart from the masks between layers (fold_in(key, i)).
+            sub = None if key is None else jax.random.fold_in(key, n + i)
+            c, xs = layer.apply(
+                params[i], xs, carries[i], lengths=lengths, key=sub, time_major=time_major
+            )
             finals.append(c)
             if dropout_rate > 0.0 and key is not None and i < n - 1:
                 keep = jax.random.bernoulli(

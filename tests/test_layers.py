@@ -90,6 +90,23 @@ def test_stack_dropout_between_layers_only_with_key(data):
     np.testing.assert_allclose(drop1, want, rtol=1e-6)
 
 
+def test_nested_stack_keeps_its_dropout(data):
+    """A stack inside a stack gets a key of its own: its dropout runs (it was silently
+    off: the outer stack called it without a key)."""
+    xs, _ = data
+    inner = rnnjax.make_layer("gru", H, num_layers=2, dropout_rate=0.5)
+    last = rnnjax.recurrent(rnnjax.gru(H))
+    outer = rnnjax.stack([inner, last])
+    params = outer.init(jax.random.key(7), I)
+    key = jax.random.key(8)
+    _, got = outer.apply(params, xs, key=key)
+    assert not np.allclose(got, outer.apply(params, xs)[1])
+    # By hand: the inner stack with the key the outer one derives for it, then the last.
+    _, h = inner.apply(params[0], xs, key=jax.random.fold_in(key, 2 + 0))
+    _, want = last.apply(params[1], h)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
 def test_recurrent_reverse_layer(data):
     xs, lengths = data
     layer = rnnjax.recurrent(rnnjax.lstm(H), reverse=True)
