@@ -9,9 +9,10 @@ where ``context`` is read-only per-example data (e.g. the encoder's
 both has the batch axis first. Decoding starts from BOS, stops a sequence at EOS (the
 EOS is kept in the output) or after ``max_len`` tokens, and pads finished sequences
 with PAD. Scores are sums of ``log_softmax(logits)`` of the emitted tokens (EOS
-included). Tokens in ``banned`` (PAD and BOS by default) are never emitted; the
-distribution is not renormalised over the rest, so a score is the model's own log
-probability of the sequence.
+included). Tokens in ``banned`` (by default the ``pad`` and ``bos`` given) are never
+emitted; the distribution is not renormalised over the rest, so a score is the model's
+own log probability of the sequence. ``bos``, ``eos``, ``pad`` and ``banned`` must be
+token ids of the step function's vocabulary, ``[0, V)``.
 """
 
 from __future__ import annotations
@@ -44,12 +45,30 @@ class Beams(NamedTuple):
     score: Array  # [B, k]
 
 
-def _check(max_len, banned, vocab_size=None):
+def _check(step_fn, context, state, *, max_len, bos, eos, pad, banned) -> tuple[int, ...]:
+    """Check the options against the step function's vocabulary (its logits' shape,
+    traced once without running it); returns ``banned`` as ids."""
     if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
         raise ValueError(f"max_len must be a positive int; got {max_len!r}.")
-    banned = tuple(int(b) for b in banned)
-    if EOS in banned:
-        raise ValueError("banned must not contain EOS: sequences could never end.")
+    banned = tuple(dict.fromkeys(int(b) for b in ((pad, bos) if banned is None else banned)))
+    if eos in banned:
+        raise ValueError(f"banned must not contain eos ({eos}): sequences could never end.")
+    B = _batch_size(context, state)
+    tokens = jax.ShapeDtypeStruct((B,), jnp.int32)
+    logits = jax.eval_shape(step_fn, context, state, tokens)[1]
+    if len(logits.shape) != 2 or logits.shape[0] != B:
+        raise ValueError(
+            f"step_fn must return logits of shape [N, V] for N = {B} tokens; got shape "
+            f"{tuple(logits.shape)}."
+        )
+    V = logits.shape[1]
+    for name, ids in (("bos", (bos,)), ("eos", (eos,)), ("pad", (pad,)), ("banned", banned)):
+        bad = [i for i in ids if not 0 <= i < V]
+        if bad:
+            raise ValueError(
+                f"{name} must hold token ids in [0, V) = [0, {V}) (V from step_fn's "
+                f"logits); got {bad}."
+            )
     return banned
 
 
@@ -98,10 +117,12 @@ def greedy(
     bos: int = BOS,
     eos: int = EOS,
     pad: int = PAD,
-    banned: Sequence[int] = (PAD, BOS),
+    banned: Sequence[int] | None = None,
 ) -> Decoded:
     """The most probable next token at every step, for a batch at once."""
-    banned = _check(max_len, banned)
+    banned = _check(
+        step_fn, context, state, max_len=max_len, bos=bos, eos=eos, pad=pad, banned=banned
+    )
     B = _batch_size(context, state)
 
     def body(loop):
@@ -140,7 +161,7 @@ def beam_search(
     bos: int = BOS,
     eos: int = EOS,
     pad: int = PAD,
-    banned: Sequence[int] = (PAD, BOS),
+    banned: Sequence[int] | None = None,
 ) -> tuple[Decoded, Beams]:
     """Keep the ``beam_width`` best prefixes of every example at every step.
 
@@ -148,11 +169,16 @@ def beam_search(
     that emits EOS is finished: it stays in the beam with its score frozen and competes
     with the live ones until the search ends (when every beam of every example is
     finished, or after ``max_len`` steps). With ``beam_width=1`` this is :func:`greedy`.
+    Where fewer than ``beam_width`` sequences can be formed at all (few allowed tokens,
+    a short ``max_len``), the beams left over have ``log_prob`` ``-inf``, length 0 and
+    only ``pad`` tokens.
 
     Returns:
       ``(best, beams)``: the best hypothesis per example and all ``k``, best first.
     """
-    banned = _check(max_len, banned)
+    banned = _check(
+        step_fn, context, state, max_len=max_len, bos=bos, eos=eos, pad=pad, banned=banned
+    )
     if isinstance(beam_width, bool) or not isinstance(beam_width, int) or beam_width < 1:
         raise ValueError(f"beam_width must be an int >= 1; got {beam_width!r}.")
     B = _batch_size(context, state)
@@ -198,6 +224,10 @@ def beam_search(
         jnp.tile(jnp.concatenate([jnp.zeros((1,)), jnp.full((k - 1,), -jnp.inf)]), (B, 1)),
     )
     *_, tokens, lengths, log_prob = jax.lax.while_loop(_running(max_len), body, init)
+    # A beam no sequence could fill holds whatever its -inf candidate was: clear it.
+    dead = log_prob == -jnp.inf
+    tokens = jnp.where(dead[..., None], pad, tokens)
+    lengths = jnp.where(dead, 0, lengths)
     score = log_prob / length_penalty(lengths, alpha)
     order = jnp.argsort(-score, axis=1)
     take = lambda x: jnp.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 2)), 1)

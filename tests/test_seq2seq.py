@@ -351,7 +351,7 @@ def test_bad_inputs_give_clear_errors():
         )
     with pytest.raises(ValueError, match="bridge must be one of"):
         make_seq2seq(V, bridge="magic").init(jax.random.key(0), src, lengths, tgt)
-    with pytest.raises(ValueError, match="banned must not contain EOS"):
+    with pytest.raises(ValueError, match=r"banned must not contain eos \(2\)"):
         decode.greedy(
             _counting_step(),
             jnp.zeros((1, 2, 5)),
@@ -359,3 +359,65 @@ def test_bad_inputs_give_clear_errors():
             max_len=2,
             banned=(EOS,),
         )
+
+
+def _constant_step(logits):
+    """Every step, every example: the same logits, whatever the tokens."""
+    logits = jnp.asarray(logits, jnp.float32)
+
+    def step(ctx, state, tokens):
+        return state, jnp.broadcast_to(logits, (tokens.shape[0], logits.shape[-1]))
+
+    return step
+
+
+def test_default_banned_follows_the_pad_and_bos_given():
+    """With pad=5 and bos=6 the defaults ban 5 and 6, not the module's PAD and BOS: the
+    padding id was emitted as a real token, and token 0 was banned."""
+    step = _constant_step([5.0, -1, -1, -1, -1, 4.0, 3.0])
+    ctx, state = jnp.zeros((1, 1)), jnp.zeros((1, 1))
+    got = decode.greedy(step, ctx, state, max_len=3, pad=5, bos=6, eos=2)
+    np.testing.assert_array_equal(got.tokens, [[0, 0, 0]])
+    best, _ = decode.beam_search(step, ctx, state, beam_width=2, max_len=3, pad=5, bos=6)
+    np.testing.assert_array_equal(best.tokens, [[0, 0, 0]])
+    with pytest.raises(ValueError, match=r"banned must not contain eos \(4\)"):
+        decode.greedy(step, ctx, state, max_len=2, eos=4, banned=(0, 4))
+
+
+@pytest.mark.parametrize(
+    "options,match",
+    [
+        (dict(eos=7), r"eos must hold token ids in \[0, V\) = \[0, 7\).*got \[7\]"),
+        (dict(banned=(0, 9)), r"banned must hold token ids in \[0, V\) = \[0, 7\).*got \[9\]"),
+        (dict(pad=-1), r"pad must hold token ids .*got \[-1\]"),
+        (dict(bos=12), r"bos must hold token ids .*got \[12\]"),
+    ],
+)
+def test_token_ids_outside_the_vocabulary_are_refused(options, match):
+    step = _constant_step(np.zeros(7))
+    ctx, state = jnp.zeros((2, 1)), jnp.zeros((2, 1))
+    with pytest.raises(ValueError, match=match):
+        decode.greedy(step, ctx, state, max_len=2, **options)
+    with pytest.raises(ValueError, match=match):
+        decode.beam_search(step, ctx, state, beam_width=2, max_len=2, **options)
+
+
+def test_step_fn_must_return_logits_per_token():
+    def step(ctx, state, tokens):
+        return state, jnp.zeros((tokens.shape[0], 3, 7))
+
+    with pytest.raises(ValueError, match=r"logits of shape \[N, V\] for N = 2.*\(2, 3, 7\)"):
+        decode.greedy(step, jnp.zeros((2, 1)), jnp.zeros((2, 1)), max_len=2)
+
+
+def test_beams_no_sequence_fills_are_empty():
+    """V = 4 with PAD and BOS banned leaves EOS and 3: two one-token sequences for five
+    beams. The three left over are -inf, length 0, all PAD (they held banned tokens)."""
+    step = _constant_step([0.0, 0.0, 1.0, 0.5])
+    best, beams = decode.beam_search(
+        step, jnp.zeros((1, 1)), jnp.zeros((1, 1)), beam_width=5, max_len=1
+    )
+    np.testing.assert_array_equal(beams.tokens[0, :, 0], [EOS, 3, PAD, PAD, PAD])
+    np.testing.assert_array_equal(beams.lengths[0], [1, 1, 0, 0, 0])
+    assert np.all(np.isneginf(beams.log_prob[0, 2:])) and np.all(np.isfinite(beams.log_prob[0, :2]))
+    assert int(best.tokens[0, 0]) == EOS
