@@ -20,7 +20,15 @@ from rnnjax.cells.base import Cell, check_positive_int
 from rnnjax.cells.registry import make_cell
 from rnnjax.layers import Layer, final_hidden, make_layer
 from rnnjax.readout import readout, readout_init
-from rnnjax.seq2seq import Decoder, Memory, bridge_apply, bridge_init, bridge_mode, decoder
+from rnnjax.seq2seq import (
+    Decoder,
+    Memory,
+    bridge_apply,
+    bridge_init,
+    bridge_mode,
+    check_token_ids,
+    decoder,
+)
 
 HEADS = ("each", "last")
 
@@ -95,6 +103,7 @@ class SequenceModel(nn.Module):
                     f"inputs must be integer tokens [*batch, T] when vocab_size is set; "
                     f"got dtype {jnp.result_type(inputs)} and shape {jnp.shape(inputs)}."
                 )
+            check_token_ids("inputs", inputs, self.vocab_size)
             xs = nn.Embed(self.vocab_size, self.embed_dim or self.layer.output_size)(inputs)
         else:
             xs = inputs
@@ -130,6 +139,7 @@ class Encoder(nn.Module):
     @nn.compact
     def __call__(self, tokens, lengths=None, *, deterministic: bool = True):
         _check_tokens("src", tokens)
+        check_token_ids("src", tokens, self.vocab_size)
         xs = nn.Embed(self.vocab_size, self.embed_dim, name="embed")(tokens)
         return Recurrent(self.layer, name="rnn")(xs, lengths, deterministic=deterministic)
 
@@ -220,12 +230,14 @@ class Seq2Seq(nn.Module):
 
     def step(self, memory: Memory, state, tokens):
         _check_tokens("tokens", tokens, rank=1)
+        check_token_ids("tokens", tokens, self.tgt_vocab)
         return self._decoder().step(self.decoder_params, memory, state, tokens)
 
     def __call__(
         self, src, src_lengths, tgt_in, *, sampling_rate: float = 0.0, deterministic: bool = True
     ):
         _check_tokens("tgt_in", tgt_in)
+        check_token_ids("tgt_in", tgt_in, self.tgt_vocab)
         if jnp.shape(tgt_in)[0] != jnp.shape(src)[0]:
             raise ValueError(
                 f"tgt_in [B, L] and src [B, S] must share the batch size; got "

@@ -23,10 +23,12 @@ encoder's output size; ``V`` the target vocabulary; ``E`` the embedding width.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rnnjax import attention as attn
 from rnnjax.cells.base import Array, Cell, PyTree, check_positive_int
@@ -192,6 +194,7 @@ def decoder(
     ):
         if jnp.ndim(tokens) != 2:
             raise ValueError(f"tokens must have shape [B, L]; got {jnp.shape(tokens)}.")
+        check_token_ids("tokens", tokens, vocab_size)
         if sampling_rate and key is None:
             raise ValueError("scheduled sampling (sampling_rate > 0) needs a key.")
         if attention is None and not sampling_rate:
@@ -276,3 +279,26 @@ def bridge_apply(mode: str, params, encoder_carry, context: Array, decoder_carry
         return jax.tree.map(jnp.zeros_like, decoder_carry)
     leaves, treedef = jax.tree.flatten(decoder_carry)
     return treedef.unflatten([jnp.tanh(readout(p, context)) for p, _ in zip(params, leaves)])
+
+
+def check_token_ids(name: str, tokens, vocab_size: int) -> None:
+    """Raise a ``ValueError`` naming ``name`` unless every id lies in ``[0, vocab_size)``.
+
+    An embedding lookup does not check: an id past the end gives NaN, a negative one
+    wraps to the last rows. Concrete ids are checked now; ids traced under ``jit`` when
+    the program runs (a host callback, as for ``scan``'s ``lengths``).
+    """
+    if isinstance(tokens, jax.core.Tracer):
+        jax.debug.callback(partial(_raise_if_outside, name=name, vocab_size=vocab_size), tokens)
+    else:
+        _raise_if_outside(tokens, name=name, vocab_size=vocab_size)
+
+
+def _raise_if_outside(tokens, *, name: str, vocab_size: int) -> None:
+    values = np.asarray(tokens)
+    bad = (values < 0) | (values >= vocab_size)
+    if bad.any():
+        raise ValueError(
+            f"{name} must hold token ids in [0, {vocab_size}) (the vocabulary); got "
+            f"{values[bad].ravel()[:8].tolist()}."
+        )

@@ -421,3 +421,36 @@ def test_beams_no_sequence_fills_are_empty():
     np.testing.assert_array_equal(beams.lengths[0], [1, 1, 0, 0, 0])
     assert np.all(np.isneginf(beams.log_prob[0, 2:])) and np.all(np.isfinite(beams.log_prob[0, :2]))
     assert int(best.tokens[0, 0]) == EOS
+
+
+def test_token_ids_beyond_the_vocabulary_are_errors_not_nan():
+    """An embedding lookup does not check ids: one past the end gave NaN logits, a
+    negative one silently read the last row. Now each entry point names its argument,
+    eagerly and (when the program runs) under jit."""
+    from rnnjax.modules import SequenceModel
+
+    src = jnp.array([[3, 4, 5], [4, 5, 6]])
+    lengths = jnp.array([3, 2])
+    tgt = jnp.array([[1, 3, 4], [1, 5, 6]])
+    model = make_seq2seq(7, hidden_size=6, embed_dim=5)
+    variables = model.init(jax.random.key(0), src, lengths, tgt)
+    logits = model.apply(variables, src, lengths, tgt)[0]
+    assert logits.shape == (2, 3, 7) and np.isfinite(logits).all()
+    for args, name, bad in [
+        ((src, lengths, tgt.at[0, 0].set(7)), "tgt_in", 7),
+        ((src.at[1, 2].set(-1), lengths, tgt), "src", -1),
+        ((src, lengths, tgt.at[1, 1].set(-3)), "tgt_in", -3),
+    ]:
+        with pytest.raises(ValueError, match=rf"{name} must hold token ids in \[0, 7\).*\[{bad}\]"):
+            model.apply(variables, *args)
+    with pytest.raises(Exception, match=r"tgt_in must hold token ids in \[0, 7\)"):
+        jitted = jax.jit(lambda t: model.apply(variables, src, lengths, t))
+        jax.block_until_ready(jitted(tgt.at[0, 0].set(9)))
+    memory, state = model.apply(variables, src, lengths, method=model.encode)
+    with pytest.raises(ValueError, match=r"tokens must hold token ids in \[0, 7\).*\[8\]"):
+        model.apply(variables, memory, state, jnp.array([1, 8]), method=model.step)
+
+    lm = SequenceModel(rnnjax.make_layer("gru", 4), 3, vocab_size=5)
+    lm_vars = lm.init(jax.random.key(1), jnp.array([[1, 2, 3]]))
+    with pytest.raises(ValueError, match=r"inputs must hold token ids in \[0, 5\).*\[7\]"):
+        lm.apply(lm_vars, jnp.array([[1, 2, 7]]))
