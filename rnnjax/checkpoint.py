@@ -29,6 +29,25 @@ class CheckpointWarning(UserWarning):
     """A checkpoint could not be restored and was skipped."""
 
 
+class CheckpointMismatchError(ValueError):
+    """``like`` does not have the saved state's structure, shapes or dtypes: a wrong
+    template, not a damaged checkpoint (so it is raised, never skipped)."""
+
+
+RESERVED = ("step", "checksum", "leaves")
+
+
+def _signature(tree) -> list[list]:
+    """``[path, dtype, shape]`` of every leaf, in tree order (JSON-friendly)."""
+    leaves = jax.tree_util.tree_flatten_with_path(
+        jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+    )[0]
+    return [
+        [jax.tree_util.keystr(path), str(np.dtype(leaf.dtype)), list(leaf.shape)]
+        for path, leaf in leaves
+    ]
+
+
 def state_checksum(tree) -> str:
     """SHA-256 over the dtype, shape and bytes of every leaf, in tree order.
 
@@ -41,6 +60,13 @@ def state_checksum(tree) -> str:
         digest.update(f"{arr.dtype}{arr.shape}".encode())
         digest.update(np.ascontiguousarray(arr).tobytes())
     return digest.hexdigest()
+
+
+def _describe_leaves(saved: list, like: list) -> str:
+    (p, dt, sh), (q, dt2, sh2) = saved, like
+    if p == q:
+        return f"{p}: saved {dt}{list(sh)}, like {dt2}{list(sh2)}"
+    return f"saved {p} {dt}{list(sh)}, like {q} {dt2}{list(sh2)}"
 
 
 class Checkpointer:
@@ -61,8 +87,26 @@ class Checkpointer:
         )
 
     def save(self, step: int, state, *, metadata: dict | None = None) -> None:
-        """Save ``state`` as ``step`` (waits until it is on disk, so it is complete)."""
-        meta = {"step": int(step), "checksum": state_checksum(state), **(metadata or {})}
+        """Save ``state`` as ``step`` (waits until it is on disk, so it is complete).
+
+        A step already in the directory is replaced: a run that resumed from an earlier
+        step because this one was unreadable writes it again. ``metadata`` is saved
+        beside the state; its keys must not be one of :data:`RESERVED`.
+        """
+        clash = sorted(set(metadata or {}) & set(RESERVED))
+        if clash:
+            raise ValueError(
+                f"metadata must not use the keys {list(RESERVED)}, which the checkpoint "
+                f"records itself; got {clash}."
+            )
+        meta = {
+            "step": int(step),
+            "checksum": state_checksum(state),
+            "leaves": _signature(state),
+            **(metadata or {}),
+        }
+        if int(step) in self._manager.all_steps():
+            self._manager.delete(int(step))
         self._manager.save(
             int(step),
             args=ocp.args.Composite(
@@ -83,8 +127,25 @@ class Checkpointer:
         return dict(restored["meta"])
 
     def restore(self, step: int, like):
-        """Restore ``step`` into the structure, shapes and dtypes of ``like``; verified."""
+        """Restore ``step`` into the structure, shapes and dtypes of ``like``; verified.
+
+        Raises:
+          CheckpointMismatchError: ``like``'s leaves (paths, dtypes, shapes) are not the
+            saved ones (checkpoints saved before this check existed are not compared).
+          ValueError: the bytes read do not match the checksum saved with them.
+        """
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        saved = self.metadata(step).get("leaves")
+        if saved is not None:
+            want = _signature(abstract)
+            if saved != want:
+                diff = [_describe_leaves(a, b) for a, b in zip(saved, want) if a != b][:3]
+                if len(saved) != len(want):
+                    diff.insert(0, f"saved {len(saved)} leaves, like {len(want)}")
+                raise CheckpointMismatchError(
+                    f"like does not match the state saved at step {step} in "
+                    f"{self.directory}: {'; '.join(diff)}."
+                )
         restored = self._manager.restore(
             int(step),
             args=ocp.args.Composite(
@@ -100,11 +161,15 @@ class Checkpointer:
         """``(step, state, meta)`` of the newest checkpoint that restores cleanly, or None.
 
         A checkpoint that fails to restore (missing or truncated files, a checksum
-        mismatch) is reported with a :class:`CheckpointWarning` and skipped.
+        mismatch) is reported with a :class:`CheckpointWarning` and skipped. A ``like``
+        that does not match the saved state raises :class:`CheckpointMismatchError`:
+        every step would be skipped, and a run would quietly start afresh.
         """
         for step in reversed(self.steps()):
             try:
                 state, meta = self.restore(step, like)
+            except CheckpointMismatchError:
+                raise
             except Exception as err:  # noqa: BLE001  any failure means: not usable
                 warnings.warn(
                     f"checkpoint at step {step} in {self.directory} is unreadable "

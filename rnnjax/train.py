@@ -248,6 +248,9 @@ def fit(
     if not isinstance(num_steps, int) or num_steps < 0:
         raise ValueError(f"num_steps must be an int >= 0; got {num_steps!r}.")
     start = current_step(state)
+    # Steps this call saved. A step already in the directory from before (one that was
+    # unreadable, so the run resumed from an earlier one) is saved again, replacing it.
+    saved: set[int] = set()
     bar = _progress(progress, start, num_steps, desc)
     t_last, last_step = time.perf_counter(), start
     with _catch_signals(handle_signals) as caught:
@@ -278,15 +281,16 @@ def fit(
                 bar.update(1)
             if checkpointer is not None and save_every and done % save_every == 0:
                 checkpointer.save(done, state)
+                saved.add(done)
             if _any_process(bool(caught)):
-                if checkpointer is not None and done not in checkpointer.steps():
+                if checkpointer is not None and done not in saved:
                     checkpointer.save(done, state)
                 if bar is not None:
                     bar.close()
                 raise TrainingInterrupted(done, caught[0] if caught else None)
     if bar is not None:
         bar.close()
-    if checkpointer is not None and num_steps > start and num_steps not in checkpointer.steps():
+    if checkpointer is not None and num_steps > start and num_steps not in saved:
         checkpointer.save(num_steps, state)
     return state
 

@@ -204,6 +204,62 @@ def test_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, damage):
     )
 
 
+@pytest.mark.parametrize("save_every", [10, 0])
+def test_resume_past_a_damaged_checkpoint_saves_over_it(tmp_path, save_every):
+    """Step 20 unreadable: the run resumes from 10 and, reaching 20 again, saves over
+    the damaged step. Before, saving there raised orbax's StepAlreadyExistsError (the
+    trained state lost), or, with only the final save, fit took the existing step for
+    its own and wrote nothing."""
+    state0, step, batch_fn, _ = setup()
+    straight = _run(state0, step, batch_fn, 20)
+    with Checkpointer(tmp_path) as ckpt:
+        at10 = _run(state0, step, batch_fn, 10, ckpt, save_every=10)
+        _run(at10, step, batch_fn, 20, ckpt, save_every=10)
+    victim = _largest_file(tmp_path / "20" / "state")
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    with Checkpointer(tmp_path) as ckpt:
+        with pytest.warns(CheckpointWarning, match="step 20"):
+            k, restored, _ = ckpt.restore_latest(state0)
+        assert k == 10
+        _run(restored, step, batch_fn, 20, ckpt, save_every=save_every)
+    with Checkpointer(tmp_path) as ckpt:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # step 20 reads cleanly now
+            k, restored, _ = ckpt.restore_latest(state0)
+    assert k == 20
+    chex.assert_trees_all_equal(restored, straight)
+
+
+def test_restore_into_a_wrong_template_is_an_error_not_damage(tmp_path):
+    """A like of other dtypes or shapes used to read as a checksum failure, and
+    restore_latest skipped every step and returned None: a run would quietly start
+    afresh. Now it raises, naming the leaf."""
+    from rnnjax.checkpoint import CheckpointMismatchError
+
+    state = {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(3)}
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, state, metadata={"note": "x"})
+        assert ckpt.metadata(1)["note"] == "x"
+        half = jax.tree.map(lambda a: a.astype(jnp.bfloat16), state)
+        with pytest.raises(
+            CheckpointMismatchError, match=r"\['b'\]: saved float32\[3\], like bfloat16\[3\]"
+        ):
+            ckpt.restore(1, half)
+        bigger = {"w": jnp.zeros((2, 4)), "b": jnp.ones(3)}
+        with pytest.raises(
+            CheckpointMismatchError, match=r"\['w'\]: saved float32\[2, 3\], like float32\[2, 4\]"
+        ):
+            ckpt.restore_latest(bigger)
+        fewer = {"w": jnp.zeros((2, 3))}
+        with pytest.raises(CheckpointMismatchError, match="saved 2 leaves, like 1"):
+            ckpt.restore_latest(fewer)
+        _, restored, _ = ckpt.restore_latest(state)
+        chex.assert_trees_all_equal(restored, state)
+        for key in ("step", "checksum", "leaves"):
+            with pytest.raises(ValueError, match=rf"metadata must not use the keys.*'{key}'"):
+                ckpt.save(2, state, metadata={key: 99})
+
+
 def test_checkpointer_keeps_the_last_k(tmp_path):
     state0, step, batch_fn, _ = setup()
     with Checkpointer(tmp_path, max_to_keep=2) as ckpt:
