@@ -64,7 +64,7 @@ class Config:
     optimizer: str = "adam"
     learning_rate: float = 3e-3
     schedule: str = "cosine"
-    warmup_steps: int = 100
+    warmup_steps: int = 0  # with --schedule warmup_cosine
     clip_norm: float = 1.0  # <= 0: no clipping
     batch_size: int = 128
     steps: int = 3000

@@ -143,7 +143,7 @@ def stack(layers: Sequence[Layer], *, dropout_rate: float = 0.0) -> Layer:
     n = len(layers)
 
     def init(key, input_size):
-        check_positive_int("input_size", input_size)
+        input_size = check_positive_int("input_size", input_size)
         params = []
         for layer, k in zip(layers, jax.random.split(key, n)):
             params.append(layer.init(k, input_size))

@@ -10,6 +10,7 @@ seed axis of the state (see :func:`vmap_seeds`).
 from __future__ import annotations
 
 import contextlib
+import numbers
 import signal
 import threading
 import time
@@ -74,10 +75,20 @@ def make_schedule(
         raise ValueError(f"schedule must be one of {list(SCHEDULES)}; got {name!r}.")
     if not learning_rate > 0:
         raise ValueError(f"learning_rate must be > 0; got {learning_rate!r}.")
+    if warmup_steps and name != "warmup_cosine":
+        raise ValueError(
+            f"warmup_steps applies only to schedule 'warmup_cosine'; got warmup_steps="
+            f"{warmup_steps!r} with schedule {name!r}, which would ignore it."
+        )
     if name == "constant":
         return optax.constant_schedule(learning_rate)
-    if not isinstance(total_steps, int) or total_steps < 1:
+    if (
+        isinstance(total_steps, bool)
+        or not isinstance(total_steps, numbers.Integral)
+        or total_steps < 1
+    ):
         raise ValueError(f"schedule {name!r} needs total_steps >= 1; got {total_steps!r}.")
+    total_steps = int(total_steps)
     if name == "cosine":
         return optax.cosine_decay_schedule(learning_rate, total_steps)
     if name == "linear":

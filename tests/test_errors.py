@@ -1,7 +1,9 @@
 """Every promised error: a ValueError naming the argument, what was expected and what came."""
 
+import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import rnnjax
@@ -150,6 +152,18 @@ def test_perturbation_params_need_a_time_axis():
 def test_bad_options(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_numpy_integer_sizes_are_sizes():
+    """Sizes read from arrays or configs are often NumPy integers: the same cell."""
+    key = jax.random.key(0)
+    for make in (rnnjax.lstm, rnnjax.gru, rnnjax.elman):
+        cell = make(np.int64(H))
+        assert type(cell.hidden_size) is int and cell.hidden_size == H
+        got = cell.init(key, np.int32(I))
+        chex.assert_trees_all_equal(got, make(H).init(key, I))
+    with pytest.raises(ValueError, match=r"hidden_size must be a positive int; got np.int64\(0\)"):
+        rnnjax.lstm(np.int64(0))
 
 
 def test_stack_params_and_carry_counts():

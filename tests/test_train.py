@@ -95,6 +95,8 @@ def test_schedules():
     )
     assert float(cosine(0)) == 1.0 and float(cosine(10)) == pytest.approx(0.0, abs=1e-7)
     assert float(warm(0)) == 0.0 and float(warm(4)) == pytest.approx(1.0)
+    _, numpy_total = tr.make_optimizer("adam", 1.0, schedule="cosine", total_steps=np.int64(10))
+    assert float(numpy_total(5)) == float(cosine(5))
 
 
 @pytest.mark.parametrize(
@@ -105,6 +107,12 @@ def test_schedules():
         ({"learning_rate": -1.0}, "learning_rate must be > 0"),
         ({"schedule": "step"}, "schedule must be one of"),
         ({"schedule": "cosine"}, "schedule 'cosine' needs total_steps >= 1"),
+        # Silently ignored before: a run's config said warm-up, and none ran.
+        (
+            {"schedule": "cosine", "total_steps": 100, "warmup_steps": 50},
+            "warmup_steps applies only to schedule 'warmup_cosine'; got warmup_steps=50",
+        ),
+        ({"warmup_steps": 5}, "with schedule 'constant', which would ignore it"),
     ],
 )
 def test_bad_optimizer_options(kw, match):

@@ -10,6 +10,7 @@ A cell is a :class:`Cell`: a ``NamedTuple`` of pure functions, in the style of o
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -140,9 +141,11 @@ def initialize(init_fn: Initializer, key: Array, shape: tuple[int, ...], dtype) 
 
 
 def check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    """``value`` as an ``int`` (NumPy integers too); a ``ValueError`` naming ``name``
+    unless it is a positive integer (``bool`` is refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
         raise ValueError(f"{name} must be a positive int; got {value!r}.")
-    return value
+    return int(value)
 
 
 def check_input(x: Array, input_size: int, arg: str = "x") -> None:

@@ -72,7 +72,7 @@ def elman(
       A :class:`Cell`. Params: ``ElmanParams(w_x [I, H], w_h [H, H], b [H])``.
       Carry: ``h [*batch, H]``, a bare array. Output: ``h'``. Any leading batch dims.
     """
-    check_positive_int("hidden_size", hidden_size)
+    hidden_size = check_positive_int("hidden_size", hidden_size)
     if isinstance(activation, str):
         if activation not in ACTIVATIONS:
             raise ValueError(
@@ -87,7 +87,7 @@ def elman(
     H = hidden_size
 
     def init(key: Array, input_size: int) -> ElmanParams:
-        check_positive_int("input_size", input_size)
+        input_size = check_positive_int("input_size", input_size)
         k_x, k_h, k_b = jax.random.split(key, 3)
         return ElmanParams(
             w_x=initialize(kernel_init, k_x, (input_size, H), param_dtype),

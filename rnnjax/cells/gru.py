@@ -70,14 +70,14 @@ def gru(
       b_h [3H])``. Carry: ``h [*batch, H]``, a bare array. Output: ``h'``.
       ``project`` returns one array per gate, ``(x_r, x_z, x_n)``, biases included.
     """
-    check_positive_int("hidden_size", hidden_size)
+    hidden_size = check_positive_int("hidden_size", hidden_size)
     if not isinstance(reset_after, bool):
         raise ValueError(f"reset_after must be True or False; got {reset_after!r}.")
     H = hidden_size
     _dtype = dtype
 
     def init(key: Array, input_size: int) -> GRUParams:
-        check_positive_int("input_size", input_size)
+        input_size = check_positive_int("input_size", input_size)
         k_x, k_h, k_bx, k_bh = jax.random.split(key, 4)
         return GRUParams(
             w_x=gate_init(kernel_init, k_x, input_size, H, NUM_GATES, param_dtype),

@@ -72,12 +72,12 @@ def lstm(
       ``project`` returns one array per gate, ``(x_i, x_f, x_g, x_o)``, because that
       layout let XLA:CPU fuse the per-step slice into the gate arithmetic.
     """
-    check_positive_int("hidden_size", hidden_size)
+    hidden_size = check_positive_int("hidden_size", hidden_size)
     H = hidden_size
     _dtype = dtype
 
     def init(key: Array, input_size: int) -> LSTMParams:
-        check_positive_int("input_size", input_size)
+        input_size = check_positive_int("input_size", input_size)
         k_x, k_h, k_b = jax.random.split(key, 3)
         b = initialize(bias_init, k_b, (NUM_GATES * H,), param_dtype)
         b = b.at[H : 2 * H].add(jnp.asarray(forget_bias, param_dtype))
