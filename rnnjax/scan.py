@@ -175,22 +175,16 @@ def scan(
     elif vjp == "fused" and (found := blockers()):
         raise ValueError(f"vjp='fused' does not apply here: {'; '.join(found)}.")
     eps_carry, eps_params = perturbation if perturbation is not None else (None, None)
-    if eps_carry is not None:
-        want = jax.tree.map(lambda c: (num_steps,) + jnp.shape(c), carry)
-        got = jax.tree.map(jnp.shape, eps_carry)
-        if jax.tree.structure(got) != jax.tree.structure(want) or jax.tree.leaves(
-            got
-        ) != jax.tree.leaves(want):
-            raise ValueError(f"perturbation.carry must have shapes {want} (time-major); got {got}.")
-    if eps_params is not None:
-        want = jax.tree.map(lambda p: (num_steps,) + jnp.shape(p), params)
-        got = jax.tree.map(jnp.shape, eps_params)
-        if jax.tree.structure(got) != jax.tree.structure(want) or jax.tree.leaves(
-            got
-        ) != jax.tree.leaves(want):
+    for name, eps, like in (("carry", eps_carry, carry), ("params", eps_params, params)):
+        if eps is None:
+            continue
+        want = jax.tree.map(lambda a: (num_steps,) + jnp.shape(a), like)
+        got = jax.tree.map(jnp.shape, eps)
+        same = jax.tree.structure(got) == jax.tree.structure(want)
+        if not same or jax.tree.leaves(got) != jax.tree.leaves(want):
             raise ValueError(
-                f"perturbation.params must have the params' shapes with a leading time "
-                f"axis, {want}; got {got}."
+                f"perturbation.{name} must have the {name}'s shapes with a leading time "
+                f"axis (time-major), {want}; got {got}."
             )
     # Where the input projection runs (hoist_projection says why). A perturbation
     # (diagnostics) always sees the hoisted projection.

@@ -232,5 +232,5 @@ def test_bad_inputs():
         dg.jacobian_products(cell, params, xs)
     with pytest.raises(ValueError, match="method must be 'exact' or 'matrix_free'"):
         dg.jacobian_products(cell, params, xs[0], method="lanczos")
-    with pytest.raises(ValueError, match=r"perturbation.carry must have shapes"):
+    with pytest.raises(ValueError, match=r"perturbation.carry must have .* leading time axis"):
         rnnjax.scan(cell, params, xs, perturbation=rnnjax.Perturbation(carry=jnp.zeros((T, H))))

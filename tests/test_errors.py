@@ -123,7 +123,7 @@ def test_perturbation_params_need_a_time_axis():
     params = cell.init(jax.random.key(0), 4)
     xs = jnp.ones((2, 4, 4))  # T = I = H = 4
     eps = jax.tree.map(jnp.zeros_like, params)
-    with pytest.raises(ValueError, match=r"perturbation.params must have .*leading time axis"):
+    with pytest.raises(ValueError, match=r"perturbation.params must have .* leading time axis"):
         rnnjax.scan(cell, params, xs, perturbation=rnnjax.Perturbation(params=eps))
 
 
