@@ -283,7 +283,7 @@ def gate_stats(
         weight = jnp.ones((num_steps,) + batch_shape, dtype)
     else:
         steps = jnp.arange(num_steps).reshape((num_steps,) + (1,) * len(batch_shape))
-        weight = (steps < lengths).astype(dtype)
+        weight = (steps < jnp.asarray(lengths)).astype(dtype)
     axes = tuple(range(1, 1 + len(batch_shape)))
 
     def mean(a):

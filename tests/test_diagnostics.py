@@ -191,6 +191,8 @@ def test_gate_stats_exclude_padding_and_reject_ungated_cells():
     alone = dg.gate_stats(cell, params, xs[:1])
     np.testing.assert_allclose(stats["update"][3:], alone["update"][3:], rtol=1e-6)
     assert set(stats) == {"reset", "update", "candidate"}
+    as_list = dg.gate_stats(cell, params, xs, lengths=[T, 3])  # as scan takes them
+    chex.assert_trees_all_equal(as_list, stats)
     with pytest.raises(ValueError, match="cell 'elman' has no gates"):
         dg.gate_stats(rnnjax.elman(H), rnnjax.elman(H).init(jax.random.key(0), I), xs)
 

@@ -130,6 +130,19 @@ def test_charlm_windows_shift_by_one(tmp_path):
     np.testing.assert_allclose(task.metrics(uniform, val)["bpc"], math.log2(len(chars)), rtol=1e-5)
 
 
+def test_charlm_needs_one_window_of_training_text(tmp_path):
+    """T + 1 training characters hold one window (inputs and the targets one on);
+    fewer cannot. The guard refused T + 1 too."""
+    (tmp_path / "t.txt").write_text("abcdefghijkl")  # 12 characters, split at 6
+    task = make_task("charlm", seq_len=5, path=str(tmp_path / "t.txt"), val_fraction=0.5)
+    batch = task.sample(jax.random.key(0), 3)
+    chars = task.info["chars"]
+    assert {"".join(chars[i] for i in x) for x in np.asarray(batch.inputs)} == {"abcde"}
+    assert {"".join(chars[i] for i in y) for y in np.asarray(batch.targets)} == {"bcdef"}
+    with pytest.raises(ValueError, match="too short for seq_len=6"):
+        make_task("charlm", seq_len=6, path=str(tmp_path / "t.txt"), val_fraction=0.5)
+
+
 def test_default_corpus_is_pydoc_topics():
     task = make_task("charlm", seq_len=50)
     assert task.info["source"] == "pydoc_data.topics" and task.info["characters"] > 100_000

@@ -148,7 +148,11 @@ def char_lm(
     The vocabulary is the set of characters of the whole text; the first
     ``1 - val_fraction`` of the text trains, the rest validates (a contiguous split, so
     no training window overlaps a validation one). A training batch is random windows:
-    inputs ``text[o : o + T]``, targets ``text[o + 1 : o + T + 1]``. The validation set
+    inputs ``text[o : o + T]``, targets ``text[o + 1 : o + T + 1]``, with ``o`` uniform
+    over ``[0, max(split - T - 1, 1))`` for a training part of ``split`` characters. (The
+    last window, at ``split - T - 1``, is not drawn: an off-by-one kept so that the
+    published runs draw the same batches; with the default corpus it is one window in
+    about 420,000.) The validation set
     is the first ``eval_size`` non-overlapping windows of the validation part. Metric:
     bits per character, ``xent / ln 2``. Baseline: ``ln V`` nats (uniform guessing).
     """
@@ -161,7 +165,7 @@ def char_lm(
     ids = np.array([lookup[c] for c in text], np.int32)
     split = int(len(ids) * (1.0 - val_fraction))
     train, val = jnp.asarray(ids[:split]), ids[split:]
-    if split < T + 2 or len(val) < T + 1:
+    if split < T + 1 or len(val) < T + 1:  # one window needs T + 1 characters
         raise ValueError(f"text of {len(ids)} characters is too short for seq_len={T}.")
     windows = min(eval_size, (len(val) - 1) // T)
     val_in = val[: windows * T].reshape(windows, T)
