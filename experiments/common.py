@@ -4,6 +4,7 @@ the environment record, and small statistics helpers."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import dataclasses
 import json
@@ -19,11 +20,16 @@ from typing import Any
 import numpy as np
 
 
-def parse_config(cls, argv=None, *, presets: dict[str, dict] | None = None, description=""):
+def parse_config(
+    cls, argv=None, *, presets: dict[str, dict] | None = None, description="", with_given=False
+):
     """A dataclass instance from defaults, an optional ``--preset``, then ``--field value``.
 
     Every field of ``cls`` becomes a flag (booleans as ``--x`` / ``--no-x``); unknown
-    flags and values of the wrong type are errors that name the flag.
+    flags, values of the wrong type and values ``cls.validate()`` refuses are errors
+    that name the flag (argparse's: the message, exit status 2). ``cls.check_given``,
+    if any, sees the set of fields given on the command line. Returns ``(config,
+    preset)``, and that set too with ``with_given``.
     """
     parser = argparse.ArgumentParser(description=description, allow_abbrev=False)
     if presets:
@@ -54,11 +60,28 @@ def parse_config(cls, argv=None, *, presets: dict[str, dict] | None = None, desc
     preset = args.pop("preset", None)
     if preset:
         values.update(presets[preset])
-    values.update({k: v for k, v in args.items() if v is not None})
+    given = {k: v for k, v in args.items() if v is not None}
+    values.update(given)
     config = cls(**values)
-    if hasattr(config, "validate"):
-        config.validate()
-    return config, preset
+    with usage_errors(parser.prog):
+        if hasattr(config, "validate"):
+            config.validate()
+        if hasattr(config, "check_given"):
+            config.check_given(set(given))
+    return (config, preset, set(given)) if with_given else (config, preset)
+
+
+@contextlib.contextmanager
+def usage_errors(prog: str | None = None):
+    """Turn a ``ValueError`` (a bad option, found by the config or by the library while
+    the run is set up) into argparse's error: the message and exit status 2, no
+    traceback."""
+    try:
+        yield
+    except ValueError as err:
+        name = prog or Path(sys.argv[0]).name
+        print(f"{name}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _list_of(elem):
@@ -215,29 +238,99 @@ class RunDir:
         os.replace(tmp, target)
 
 
-def start_or_resume(run: RunDir, ckpt, state, resume: bool, logs=("metrics.jsonl", "eval.jsonl")):
-    """The state to train from: the latest checkpoint with ``resume`` (its logs cut back
-    to that step), else ``state``. Without ``resume`` a folder that already holds
-    checkpoints is an error, so no run's work is overwritten."""
-    if resume:
-        restored = ckpt.restore_latest(state)
-        if restored is None:
-            print(f"--resume: no usable checkpoint in {ckpt.directory}; starting from step 0")
-            return state
-        step0, state, _ = restored
-        print(f"Resumed from step {step0} in {ckpt.directory}")
-        for name in logs:
-            run.truncate_jsonl(name, step0)
+# Fields that may differ between a run and its resume: they change where and how the
+# run is shown, saved or placed, not what it computes.
+RESUMABLE = frozenset(
+    {
+        "resume", "progress", "out", "name", "eval_every", "save_every", "keep",
+        "devices", "parallel", "keep_freed_memory", "sample_chars",
+    }
+)  # fmt: skip
+
+
+def start_or_resume(run: RunDir, ckpt, state, cfg, logs=("metrics.jsonl", "eval.jsonl")):
+    """The state to train from: with ``cfg.resume`` the latest checkpoint (its logs cut
+    back to that step), else ``state``.
+
+    Without ``resume`` a folder that already holds checkpoints is an error, so no run's
+    work is overwritten. With it, the config must be the one in ``config.json`` but for
+    :data:`RESUMABLE` fields (and ``steps`` where the schedule is constant), so the
+    record describes the whole run; ``steps`` below the checkpoint is an error, and a
+    run already complete (its summary says done) is left as it is (exit 0). Sets
+    ``run.earlier_wall_s``: the wall time of the segment that ended at the checkpoint
+    (from its summary), or ``None`` where unknown.
+    """
+    run.earlier_wall_s = 0.0
+    if not cfg.resume:
+        if ckpt.steps():
+            raise SystemExit(
+                f"{ckpt.directory} already holds checkpoints {ckpt.steps()}: pass "
+                "--resume to continue that run, or --name / --out for a new one."
+            )
+        _clear(run, logs)
         return state
     if ckpt.steps():
+        _check_same_config(run, cfg)
+    restored = ckpt.restore_latest(state)
+    if restored is None:
+        print(f"--resume: no usable checkpoint in {ckpt.directory}; starting from step 0")
+        _clear(run, logs)
+        return state
+    step0, state, _ = restored
+    if step0 > cfg.steps:
         raise SystemExit(
-            f"{ckpt.directory} already holds checkpoints {ckpt.steps()}: pass "
-            "--resume to continue that run, or --name / --out for a new one."
+            f"--steps {cfg.steps} is below the step of the latest checkpoint, {step0}, in "
+            f"{ckpt.directory}: a resumed run cannot train backwards."
         )
+    summary = _read_json(run.path / "summary.json")
+    if step0 == cfg.steps and summary.get("status") == "done" and summary.get("steps") == step0:
+        print(f"{run.path} is complete at step {step0}; nothing to resume.")
+        raise SystemExit(0)
+    print(f"Resumed from step {step0} in {ckpt.directory}")
+    for name in logs:
+        # The final evaluation (at cfg.steps) is redone, if the run got that far.
+        run.truncate_jsonl(
+            name, step0 - 1 if name == "eval.jsonl" and step0 == cfg.steps else step0
+        )
+    ended_here = summary.get("status") == "interrupted" and summary.get("steps") == step0
+    run.earlier_wall_s = summary.get("wall_s") if ended_here else (None if step0 else 0.0)
+    return state
+
+
+def _clear(run: RunDir, logs) -> None:
     if run.primary:
         for name in logs:
             (run.path / name).unlink(missing_ok=True)
-    return state
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _check_same_config(run: RunDir, cfg) -> None:
+    saved = _read_json(run.path / "config.json").get("config")
+    if saved is None:
+        return
+    now = json.loads(json.dumps(dataclasses.asdict(cfg), default=_jsonable))
+    skip = set(RESUMABLE) | (
+        {"steps"} if getattr(cfg, "schedule", "constant") == "constant" else set()
+    )
+    changed = [
+        f"--{k} {saved[k]!r} -> {v!r}"
+        for k, v in now.items()
+        if k in saved and k not in skip and saved[k] != v
+    ]
+    if changed:
+        why = (
+            " (the learning-rate schedule depends on --steps)"
+            if any(c.startswith("--steps ") for c in changed)
+            else ""
+        )
+        raise SystemExit(
+            f"--resume with a changed config: {', '.join(changed)}{why}. The checkpoints in "
+            f"{run.path} continue the run its config.json describes: resume with the same "
+            "options, or start a new run (--name / --out)."
+        )
 
 
 PARALLEL = ("auto", "none", "data", "sharded", "seeds")
@@ -300,19 +393,25 @@ class Outcome:
     exit_code: int
     steps: int
     start_step: int
-    wall_s: float
+    wall_s: float  # this process's training
+    earlier_wall_s: float | None = 0.0  # segments before a resume (None: not known)
 
     @property
     def steps_per_s(self):
         return (self.steps - self.start_step) / self.wall_s if self.wall_s > 0 else None
 
     def record(self) -> dict:
-        """The fields every ``summary.json`` starts with."""
+        """The fields every ``summary.json`` starts with. ``wall_s`` covers every
+        segment of a resumed run where their times are known (``wall_s_complete``);
+        ``steps_per_s`` is this process's."""
+        known = self.earlier_wall_s is not None
         return {
             "status": self.status,
             "message": self.message,
             "steps": self.steps,
-            "wall_s": self.wall_s,
+            "wall_s": self.wall_s + (self.earlier_wall_s or 0.0),
+            "wall_s_complete": known,
+            "wall_s_this_process": self.wall_s,
             "steps_per_s": self.steps_per_s,
         }
 
@@ -351,6 +450,7 @@ def train_loop(
         if eval_every and step % eval_every == 0 and step != num_steps:
             log_eval(step, state)
 
+    earlier = getattr(run, "earlier_wall_s", 0.0)
     t0 = time.perf_counter()
     status, message, exit_code, done = "done", "", 0, num_steps
     try:
@@ -371,7 +471,8 @@ def train_loop(
         status, message, exit_code, done = "interrupted", str(err), 130, err.step
     finally:
         checkpointer.close()
-    return Outcome(state, status, message, exit_code, done, start_step, time.perf_counter() - t0)
+    wall = time.perf_counter() - t0
+    return Outcome(state, status, message, exit_code, done, start_step, wall, earlier)
 
 
 def _jsonable(obj):

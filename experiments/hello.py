@@ -38,6 +38,15 @@ class Config:
     target_prob: float = 0.9  # train until every next letter has at least this probability
     out_dir: str = "runs/hello"
 
+    def validate(self) -> None:
+        for name in ("hidden_size", "max_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1; got {getattr(self, name)}.")
+        if not self.learning_rate > 0:
+            raise ValueError(f"--learning_rate must be > 0; got {self.learning_rate}.")
+        if not 0.0 < self.target_prob < 1.0:
+            raise ValueError(f"--target_prob must lie in (0, 1); got {self.target_prob}.")
+
 
 def one_hot(text: str) -> jax.Array:
     unknown = sorted(set(text) - set(VOCAB))
@@ -134,6 +143,10 @@ def main(argv=None) -> dict:
     for field in dataclasses.fields(Config):
         parser.add_argument(f"--{field.name}", type=type(field.default), default=field.default)
     config = Config(**vars(parser.parse_args(argv)))
+    try:
+        config.validate()
+    except ValueError as err:
+        parser.error(str(err))
 
     inputs, targets_text = WORD[:-1], WORD[1:]  # h, e, l, l -> e, l, l, o
     xs = one_hot(inputs)

@@ -110,6 +110,19 @@ class Config:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"--dropout must lie in [0, 1); got {self.dropout}.")
 
+    def check_given(self, given: set[str]) -> None:
+        """An option given for another task is an error (it would be recorded in
+        config.json as if it had applied)."""
+        applies = {"digits": "addition", "seq_len": "reversal", "min_len": "reversal"}
+        applies["num_symbols"] = "reversal"
+        for field, task in applies.items():
+            if field in given and self.task != task:
+                raise ValueError(
+                    f"--{field} applies to --task {task} only; got --task {self.task}."
+                )
+        if "alpha" in given and self.beam_width == 1:
+            raise ValueError("--alpha (the beam's length penalty) needs --beam_width > 1.")
+
     @property
     def run_name(self) -> str:
         if self.name:
@@ -164,18 +177,19 @@ def main(argv=None) -> int:
     if cfg.keep_freed_memory:  # before JAX starts its threads
         common.keep_freed_memory()
     common.join_processes()  # before any other JAX call: a multi-process run, if launched as one
-    task = build_task(cfg)
-    model = build_model(cfg, task)
-    run = common.RunDir(Path(cfg.out) / cfg.run_name)
     clip = cfg.clip_norm if cfg.clip_norm > 0 else None
-    optimizer, schedule = tr.make_optimizer(
-        cfg.optimizer,
-        cfg.learning_rate,
-        clip_norm=clip,
-        schedule=cfg.schedule,
-        total_steps=max(cfg.steps, 1),
-        warmup_steps=min(cfg.warmup_steps, max(cfg.steps - 1, 0)),
-    )
+    with common.usage_errors():  # a bad option the library finds: no traceback, no folder
+        task = build_task(cfg)
+        model = build_model(cfg, task)
+        optimizer, schedule = tr.make_optimizer(
+            cfg.optimizer,
+            cfg.learning_rate,
+            clip_norm=clip,
+            schedule=cfg.schedule,
+            total_steps=max(cfg.steps, 1),
+            warmup_steps=cfg.warmup_steps,
+        )
+    run = common.RunDir(Path(cfg.out) / cfg.run_name)
     max_len = task.max_tgt_len + 1  # the target and its EOS
 
     seeds = np.arange(cfg.seed, cfg.seed + cfg.seeds)
@@ -246,7 +260,7 @@ def main(argv=None) -> int:
         return jax.vmap(one)(params)
 
     ckpt = Checkpointer(run.path / "checkpoints", max_to_keep=cfg.keep)
-    state = common.start_or_resume(run, ckpt, place(state), cfg.resume)
+    state = common.start_or_resume(run, ckpt, place(state), cfg)
     run.write_json(
         "config.json",
         {

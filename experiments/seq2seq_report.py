@@ -93,15 +93,37 @@ def sample_decodes(loaded, per_task: int = 4) -> str:
 
 
 def reversal_rows(loaded):
-    """{attention: {T: mean greedy exact}} for fixed-length reversal runs."""
+    """``{model: {T: mean greedy exact}}`` for fixed-length reversal runs; a model is
+    named by its attention, and by its cell too where the runs use several. Two runs of
+    one model and T are an error (one would hide the other)."""
+    runs = [
+        (run, s)
+        for run, s in loaded
+        if s["config"]["task"] == "reversal"
+        and s["config"]["min_len"] in (0, s["config"]["seq_len"])
+    ]
+    several_cells = len({s["config"]["cell"] for _, s in runs}) > 1
     rows: dict[str, dict[int, float]] = {}
-    for _, s in loaded:
+    seen: dict[tuple, Path] = {}
+    for run, s in runs:
         cfg = s["config"]
-        if cfg["task"] == "reversal" and (cfg["min_len"] in (0, cfg["seq_len"])):
-            rows.setdefault(cfg["attention"], {})[cfg["seq_len"]] = s["final"]["exact_greedy"][
-                "mean"
-            ]
+        att = cfg["attention"]
+        model = "fixed context vector" if att == "none" else f"attention ({att})"
+        if several_cells:
+            model += f", {cfg['cell']}"
+        key = (model, cfg["seq_len"])
+        if key in seen:
+            raise SystemExit(
+                f"two reversal runs of {model} at T={cfg['seq_len']}: {seen[key]} and {run}; "
+                "pass one of them."
+            )
+        seen[key] = run
+        rows.setdefault(model, {})[cfg["seq_len"]] = s["final"]["exact_greedy"]["mean"]
     return rows
+
+
+def _model_order(model: str):
+    return (not model.startswith("fixed"), model)
 
 
 def reversal_table(rows) -> str:
@@ -112,10 +134,9 @@ def reversal_table(rows) -> str:
         "| model | " + " | ".join(f"T={t}" for t in lengths) + " |",
         "|---|" + "---|" * len(lengths),
     ]
-    for att in sorted(rows, key=lambda a: (a != "none", a)):
-        name = "fixed context vector" if att == "none" else f"attention ({att})"
-        cells = [f"{rows[att][t]:.3f}" if t in rows[att] else "" for t in lengths]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for model in sorted(rows, key=_model_order):
+        cells = [f"{rows[model][t]:.3f}" if t in rows[model] else "" for t in lengths]
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -126,10 +147,9 @@ def reversal_plot(rows, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for att in sorted(rows, key=lambda a: (a != "none", a)):
-        ts = sorted(rows[att])
-        label = "fixed context vector" if att == "none" else f"attention ({att})"
-        ax.plot(ts, [rows[att][t] for t in ts], marker="o", label=label)
+    for model in sorted(rows, key=_model_order):
+        ts = sorted(rows[model])
+        ax.plot(ts, [rows[model][t] for t in ts], marker="o", label=model)
     ax.set(
         xlabel="sequence length T",
         ylabel="held-out exact match (greedy)",

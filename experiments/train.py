@@ -93,6 +93,27 @@ class Config:
         if self.cell not in rnnjax.CELLS:
             raise ValueError(f"--cell must be one of {sorted(rnnjax.CELLS)}; got {self.cell!r}.")
 
+    # The tasks each task-specific option reaches (build_task, build_model).
+    APPLIES = {
+        "permuted": ("digits",),
+        "data_path": ("digits", "charlm"),
+        "sample_chars": ("charlm",),
+        "embed_dim": ("copy", "charlm", "hello"),  # token inputs
+        "seq_len": ("adding", "copy", "charlm"),
+        "eval_size": ("adding", "copy", "charlm"),
+    }
+
+    def check_given(self, given: set[str]) -> None:
+        """An option given that the task or cell would ignore is an error (it would be
+        recorded in config.json as if it had applied)."""
+        for field, tasks in self.APPLIES.items():
+            if field in given and self.task not in tasks:
+                raise ValueError(
+                    f"--{field} does not apply to --task {self.task} (only to {', '.join(tasks)})."
+                )
+        if "forget_bias" in given and self.cell != "lstm":
+            raise ValueError(f"--forget_bias applies to --cell lstm only; got --cell {self.cell}.")
+
     @property
     def run_name(self) -> str:
         if self.name:
@@ -196,18 +217,19 @@ def main(argv=None) -> int:
     if cfg.keep_freed_memory:  # before JAX starts its threads
         common.keep_freed_memory()
     common.join_processes()  # before any other JAX call: a multi-process run, if launched as one
-    task = build_task(cfg)
-    model = build_model(cfg, task)
-    run = common.RunDir(Path(cfg.out) / cfg.run_name)
     clip = cfg.clip_norm if cfg.clip_norm > 0 else None
-    optimizer, schedule = tr.make_optimizer(
-        cfg.optimizer,
-        cfg.learning_rate,
-        clip_norm=clip,
-        schedule=cfg.schedule,
-        total_steps=max(cfg.steps, 1),
-        warmup_steps=cfg.warmup_steps,
-    )
+    with common.usage_errors():  # a bad option the library finds: no traceback, no folder
+        task = build_task(cfg)
+        model = build_model(cfg, task)
+        optimizer, schedule = tr.make_optimizer(
+            cfg.optimizer,
+            cfg.learning_rate,
+            clip_norm=clip,
+            schedule=cfg.schedule,
+            total_steps=max(cfg.steps, 1),
+            warmup_steps=cfg.warmup_steps,
+        )
+    run = common.RunDir(Path(cfg.out) / cfg.run_name)
 
     seeds = np.arange(cfg.seed, cfg.seed + cfg.seeds)
     root = jax.random.key(0)
@@ -256,7 +278,7 @@ def main(argv=None) -> int:
         return jax.vmap(one)(params)
 
     ckpt = Checkpointer(run.path / "checkpoints", max_to_keep=cfg.keep)
-    state = common.start_or_resume(run, ckpt, place(state), cfg.resume)
+    state = common.start_or_resume(run, ckpt, place(state), cfg)
     run.write_json(
         "config.json",
         {

@@ -8,6 +8,7 @@ each seed), the baseline, steps, wall time, and the command that reproduces it.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import sys
@@ -52,7 +53,7 @@ def row(run: Path) -> dict:
         cells.append(f"{m} {common.fmt_mean_std(stats, 3)} ({seeds})")
     return {
         "task": cfg["task"] + (" (permuted)" if cfg.get("permuted") else ""),
-        "T": cfg["seq_len"] if cfg["task"] in ("adding", "copy", "charlm") else "64",
+        "T": sequence_length(run, cfg),
         "cell": cfg["cell"],
         "H": cfg["hidden_size"],
         "params": summary["params_per_seed"],
@@ -62,9 +63,23 @@ def row(run: Path) -> dict:
         else "",
         "steps": summary["steps"],
         "seeds": len(summary["seeds"]),
-        "wall": f"{summary['wall_s'] / 60:.1f} min",
+        # ">=": a resumed run whose earlier segments' times are not all known.
+        "wall": f"{'>=' if summary.get('wall_s_complete') is False else ''}"
+        f"{summary['wall_s'] / 60:.1f} min",
         "command": f"`{command_line(cfg)}`",
     }
+
+
+def sequence_length(run: Path, cfg: dict):
+    """T as the run's task used it: ``--seq_len`` where the task takes it, else what the
+    task recorded in ``config.json`` (digits 64, hello 4)."""
+    if cfg["task"] in ("adding", "copy", "charlm"):
+        return cfg["seq_len"]
+    path = run / "config.json"
+    info = json.loads(path.read_text()).get("task", {}) if path.exists() else {}
+    if "seq_len" in info:
+        return info["seq_len"]
+    return len(info["inputs"]) if "inputs" in info else ""
 
 
 def table(runs: list[Path]) -> str:
@@ -91,7 +106,11 @@ def table(runs: list[Path]) -> str:
 
 
 def main(argv=None) -> None:
-    runs = [Path(p) for p in (argv if argv is not None else sys.argv[1:])]
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("runs", nargs="+", help="run folders (each with a summary.json)")
+    runs = [Path(p) for p in parser.parse_args(argv).runs]
+    if not any((r / "summary.json").exists() for r in runs):
+        raise SystemExit("no finished runs (a summary.json) among the paths given.")
     print(table(sorted(runs)), end="")
 
 

@@ -74,9 +74,14 @@ class Config:
         bad = [f for f in self.forget_biases if f not in ("0", "1", "chrono")]
         if bad:
             raise ValueError(f"--forget_biases must be from 0, 1, chrono; got {bad}.")
-        for name in ("hidden_size", "seeds", "batch_size", "sweep_len", "train_batch", "eval_size"):
+        for name in ("hidden_size", "seeds", "batch_size", "train_batch", "eval_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1; got {getattr(self, name)}.")
+        if self.sweep_len < 2:  # the adding problem needs a marker in each half
+            raise ValueError(f"--sweep_len must be >= 2; got {self.sweep_len}.")
+        for name in ("lengths", "train_lengths", "scales", "clip_scales", "forget_biases"):
+            if not getattr(self, name):
+                raise ValueError(f"--{name} must name at least one value; got none.")
         for name in ("lengths", "train_lengths"):
             if any(t < 2 for t in getattr(self, name)):
                 raise ValueError(f"--{name} must all be >= 2; got {list(getattr(self, name))}.")
@@ -84,6 +89,28 @@ class Config:
             raise ValueError("--scales and --clip_scales must be > 0.")
         if self.train_steps < 0 or self.clip_steps < 0:
             raise ValueError("--train_steps and --clip_steps must be >= 0.")
+        for name in ("learning_rate", "clip_norm"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name} must be > 0; got {getattr(self, name)}.")
+
+    def check_given(self, given: set[str]) -> None:
+        """Options given for a section that the chosen cells skip are errors, not
+        silently recorded: the forget-bias ablation needs the LSTM, the clipping study
+        an ungated cell (rnn_tanh / rnn_relu)."""
+        if "lstm" not in self.cells:
+            named = sorted(given & {"forget_biases", "forget_train"})
+            if named:
+                raise ValueError(
+                    f"--{', --'.join(named)}: the forget-bias ablation needs lstm in --cells; "
+                    f"got {list(self.cells)}."
+                )
+        if not any(rnnjax.make_cell(n, 1).gates is None for n in self.cells):
+            named = sorted(given & {"clip_norm", "clip_steps", "clip_scales"})
+            if named:
+                raise ValueError(
+                    f"--{', --'.join(named)}: the clipping study needs rnn_tanh or rnn_relu in "
+                    f"--cells; got {list(self.cells)}."
+                )
 
 
 FULL = dict(
@@ -356,7 +383,7 @@ def run(cfg: Config) -> dict:
         cell = get_cell(name, cfg.hidden_size)
         params = init_params(make_model(cell), task, seed_keys[:1])
         p0 = jax.tree.map(lambda a: a[0], params)["rnn"]["layer"][0]
-        method = "exact" if cfg.hidden_size <= 256 else "matrix_free"
+        method = jacobian_method(cfg)
         with jax.enable_x64(True):  # float64: singular values far below 1e-38 stay resolved
             p64, x64 = to_f64(p0), to_f64(x0)
             jac = jax.jit(lambda p, x, c=cell, m=method: dg.jacobian_products(c, p, x, method=m))(
@@ -449,6 +476,11 @@ def run(cfg: Config) -> dict:
     if bar is not None:
         bar.close()
     return results
+
+
+def jacobian_method(cfg: Config) -> str:
+    """Exact Jacobian products up to H = 256, matrix-free (power iteration) above."""
+    return "exact" if cfg.hidden_size <= 256 else "matrix_free"
 
 
 def clip_cells(cfg: Config) -> list[str]:
@@ -657,6 +689,8 @@ def write_report(
         + f" | test MSE after training, T={max(cfg.train_lengths)} |",
         "|---|" + "---|" * (len(L) + 1),
     ]
+    if "lstm" not in cfg.cells:
+        lines.append("| (not run: no lstm in --cells) |" + " |" * (len(L) + 1))
     for forget in cfg.forget_biases if "lstm" in cfg.cells else ():
         row = [ms(results["forget"][(forget, T)]["log10_ratio"]) for T in L]
         trained = results["forget"].get((forget, "train"))
@@ -670,6 +704,8 @@ def write_report(
         "| cell | g | clipping | fraction of steps over threshold | median grad norm | max grad norm | test MSE | status |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    if not clip_cells(cfg):
+        lines.append("| (not run: no rnn_tanh or rnn_relu in --cells) |" + " |" * 7)
     for name in clip_cells(cfg):
         for g in cfg.clip_scales:
             for on in (True, False):
@@ -680,7 +716,7 @@ def write_report(
                 )
     lines += [
         "",
-        "![clipping](clipping.png)",
+        "![clipping](clipping.png)" if clip_cells(cfg) else "",
         "",
         f"## 6. Training outcome ({cfg.train_steps} Adam steps, lr {cfg.learning_rate}, clip {cfg.clip_norm}, batch {cfg.train_batch})",
         "",
@@ -937,6 +973,8 @@ def plot(cfg: Config, results: dict, out: Path) -> None:
     plt.close(fig)
 
     rnn_cells = [n for n in cfg.cells if (n, max(cfg.clip_scales), True) in results["clip"]]
+    if not rnn_cells:  # no ungated cell chosen: no clipping study to draw
+        return
     fig, axes = plt.subplots(1, len(rnn_cells), figsize=(4 * len(rnn_cells), 3.6), squeeze=False)
     g = max(cfg.clip_scales)
     for ax, name in zip(axes[0], rnn_cells):
@@ -954,12 +992,14 @@ def plot(cfg: Config, results: dict, out: Path) -> None:
 
 
 def main(argv=None) -> int:
-    cfg, _ = common.parse_config(Config, argv, description=__doc__.split("\n")[0])
-    if cfg.full:
-        defaults = dataclasses.asdict(Config())
-        given = {k: v for k, v in dataclasses.asdict(cfg).items() if v != defaults[k]}
-        cfg = Config(**{**defaults, **FULL, **given})
-        cfg.validate()
+    cfg, _, given = common.parse_config(
+        Config, argv, description=__doc__.split("\n")[0], with_given=True
+    )
+    if cfg.full:  # the paper sizes, under every flag given on the command line
+        picked = {k: getattr(cfg, k) for k in given}
+        cfg = Config(**{**dataclasses.asdict(Config()), **FULL, **picked})
+        with common.usage_errors():
+            cfg.validate()
     out = Path(cfg.out)
     run_dir = common.RunDir(out)
     env = common.environment()
@@ -971,11 +1011,23 @@ def main(argv=None) -> int:
         f"{cfg.seeds} seeds, on {env['backend']} ({env['device_kind']})"
     )
     t0 = time.perf_counter()
-    results = run(cfg)
+    try:
+        results = run(cfg)
+    except KeyboardInterrupt:
+        print(
+            f"\nInterrupted after {time.perf_counter() - t0:.0f} s. The study keeps no "
+            f"checkpoints: {out} holds config.json only; run it again to start over.",
+            file=sys.stderr,
+        )
+        return 130
     wall = time.perf_counter() - t0
     summary = summarise(cfg, results)
     summary.update(
-        config=dataclasses.asdict(cfg), wall_s=wall, environment=env, command=command_line(cfg)
+        config=dataclasses.asdict(cfg),
+        jacobian_method=jacobian_method(cfg),
+        wall_s=wall,
+        environment=env,
+        command=command_line(cfg),
     )
     run_dir.write_json("summary.json", summary)
     plot(cfg, results, out)

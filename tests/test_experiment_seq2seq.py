@@ -84,16 +84,27 @@ def test_resume_continues_exactly(tmp_path):
     assert s_full["loss"]["per_seed"] == s_part["loss"]["per_seed"]
 
 
-def test_bad_config_names_the_flag(tmp_path):
-    module = load("seq2seq")
-    with pytest.raises(ValueError, match="--attention must be one of"):
-        module.main(["--attention", "cosine", "--out", str(tmp_path)])
-    with pytest.raises(ValueError, match="--beam_width must be >= 1"):
-        module.main(["--beam_width", "0", "--out", str(tmp_path)])
-    with pytest.raises(ValueError, match="--task must be one of"):
-        module.main(["--task", "translate", "--out", str(tmp_path)])
-    with pytest.raises(SystemExit):
-        module.main(["--no_such_flag", "1"])
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["--attention", "cosine"], "--attention must be one of"),
+        (["--beam_width", "0"], "--beam_width must be >= 1"),
+        (["--task", "translate"], "--task must be one of"),
+        (["--task", "reversal", "--digits", "4"], "--digits applies to --task addition only"),
+        (["--seq_len", "12"], "--seq_len applies to --task reversal only"),
+        (["--beam_width", "1", "--alpha", "0.6"], "--alpha (the beam's length penalty) needs"),
+        # Clamped to the run's length before, so config.json said 50 and 4 ran.
+        (["--steps", "5", "--schedule", "warmup_cosine", "--warmup_steps", "50"],
+         r"warmup_steps must lie in [0, total_steps); got 50"),
+        (["--warmup_steps", "10"], "warmup_steps applies only to schedule 'warmup_cosine'"),
+        (["--no_such_flag", "1"], "unrecognized arguments: --no_such_flag"),
+    ],
+)  # fmt: skip
+def test_bad_config_names_the_flag(tmp_path, argv, match, capsys):
+    with pytest.raises(SystemExit) as info:
+        load("seq2seq").main(argv + ["--out", str(tmp_path / "runs")])
+    assert info.value.code == 2 and match in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_report_reads_runs(tmp_path):
@@ -122,6 +133,23 @@ def test_report_reads_runs(tmp_path):
     assert "| 0.100 | k=4: 0.100 |" in text  # one seed: the value alone
     assert "--seq_len 20 --attention none" in text
     assert (tmp_path / "out" / "reversal_vs_length.png").exists()
+
+    # Two cells: each its own row (one hid the other); two runs of one model and T: an error.
+    gru = tmp_path / "rev-none-10-gru"
+    gru.mkdir()
+    summary = json.loads((tmp_path / "rev-none-10" / "summary.json").read_text())
+    summary["config"]["cell"] = "gru"
+    summary["final"]["exact_greedy"] = dict(summary["final"]["exact_greedy"], mean=0.7)
+    (gru / "summary.json").write_text(json.dumps(summary))
+    module.main([*runs, str(gru), "--out", str(tmp_path / "out2")])
+    text = (tmp_path / "out2" / "README.md").read_text()
+    assert "| fixed context vector, gru | 0.700 |  |" in text
+    assert "| fixed context vector, lstm | 0.500 | 0.100 |" in text
+    twin = tmp_path / "rev-none-10-again"
+    twin.mkdir()
+    (twin / "summary.json").write_text((tmp_path / "rev-none-10" / "summary.json").read_text())
+    with pytest.raises(SystemExit, match="two reversal runs of fixed context vector at T=10"):
+        module.main([*runs, str(twin), "--out", str(tmp_path / "out3")])
 
 
 def test_keep_freed_memory_is_set_before_jax_starts(tmp_path, monkeypatch):

@@ -3,6 +3,8 @@
 import importlib.util
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,6 +40,8 @@ TINY = [
     "16",
     "--no-progress",
 ]
+# Digits and hello have fixed held-out sets: --eval_size does not apply to them.
+TINY_FIXED_EVAL = [a for a in TINY if a not in ("--eval_size", "16")]
 
 
 @pytest.mark.parametrize(
@@ -52,6 +56,7 @@ TINY = [
 )
 def test_each_task_writes_every_file(tmp_path, task, extra):
     module = load()
+    tiny = TINY if task in ("adding", "copy", "charlm") else TINY_FIXED_EVAL
     argv = (
         [
             "--task",
@@ -67,7 +72,7 @@ def test_each_task_writes_every_file(tmp_path, task, extra):
             "--name",
             "r",
         ]
-        + TINY
+        + tiny
         + extra
     )
     assert module.main(argv) == 0
@@ -147,9 +152,76 @@ def test_remat_trains_the_same_model(tmp_path, monkeypatch):
         (["--remat", "-2"], r"--remat must be -1 \(sqrt\(T\)\), 0 \(off\) or a chunk length"),
     ],
 )
-def test_bad_config_values(tmp_path, argv, match):
-    with pytest.raises(ValueError, match=match):
-        load().main(argv + ["--out", str(tmp_path)])
+def test_bad_config_values(tmp_path, argv, match, capsys):
+    """argparse's error: the message on stderr, exit status 2, no traceback, and no run
+    folder left behind."""
+    with pytest.raises(SystemExit) as info:
+        load().main(argv + ["--out", str(tmp_path / "runs")])
+    assert info.value.code == 2
+    assert re.search(r"error: .*" + match, capsys.readouterr().err)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["--task", "digits", "--seq_len", "50"], "--seq_len does not apply to --task digits"),
+        (["--task", "hello", "--eval_size", "9"], "--eval_size does not apply to --task hello"),
+        (["--task", "adding", "--permuted"], "--permuted does not apply to --task adding"),
+        (["--task", "copy", "--data_path", "x.npz"], "--data_path does not apply to --task copy"),
+        (["--task", "adding", "--embed_dim", "7"], "--embed_dim does not apply to --task adding"),
+        (["--cell", "gru", "--forget_bias", "3"], "--forget_bias applies to --cell lstm only"),
+        (["--schedule", "cosine", "--warmup_steps", "5"], "warmup_steps applies only to"),
+    ],
+)
+def test_options_the_run_would_ignore_are_errors(tmp_path, argv, match, capsys):
+    """They were accepted and recorded in config.json as if they had applied."""
+    with pytest.raises(SystemExit) as info:
+        load().main(argv + ["--out", str(tmp_path / "runs")])
+    assert info.value.code == 2 and match in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def _rows(run: Path, name: str) -> list[int]:
+    return [json.loads(x)["step"] for x in (run / name).read_text().splitlines()]
+
+
+def test_resume_keeps_the_record_true(tmp_path, capsys):
+    """--resume continues the run config.json describes, or refuses: a changed option
+    (the record would claim it for the whole run), --steps below the checkpoint, or
+    another --steps under a schedule that depends on it. A complete run is left alone;
+    a run without a usable checkpoint starts again with fresh logs."""
+    module = load()
+    run = tmp_path / "r"
+    base = ["--task", "adding", "--seq_len", "6", "--out", str(tmp_path), "--name", "r"]
+    base += ["--save_every", "3", "--eval_every", "3"] + TINY
+    assert module.main(base + ["--steps", "6"]) == 0
+    record = {n: (run / n).read_bytes() for n in ("eval.jsonl", "summary.json", "config.json")}
+    with pytest.raises(SystemExit, match=r"changed config: --learning_rate 0.001 -> 0.05"):
+        module.main(base + ["--steps", "6", "--resume", "--learning_rate", "0.05"])
+    with pytest.raises(SystemExit, match=r"--steps 4 is below .* latest checkpoint, 6"):
+        module.main(base + ["--steps", "4", "--resume"])
+    with pytest.raises(SystemExit) as info:
+        module.main(base + ["--steps", "6", "--resume"])
+    assert info.value.code == 0 and "complete at step 6" in capsys.readouterr().out
+    assert record == {n: (run / n).read_bytes() for n in record}  # nothing rewritten
+    # The output options may change: progress, evaluation cadence, placement.
+    assert module.main(base + ["--steps", "9", "--resume", "--eval_every", "2"]) == 0
+    assert _rows(run, "metrics.jsonl") == list(range(1, 10))
+    assert _rows(run, "eval.jsonl") == [3, 6, 8, 9]  # 6: the first run's final evaluation
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 9 and summary["wall_s_complete"] is False  # 1-6 not in it
+
+    # No usable checkpoint: the logs start over with the run.
+    shutil.rmtree(run / "checkpoints")
+    assert module.main(base + ["--steps", "4", "--resume"]) == 0
+    assert _rows(run, "metrics.jsonl") == [1, 2, 3, 4]
+    assert _rows(run, "eval.jsonl") == [3, 4]
+
+    cosine = base[: -len(TINY)] + ["--name", "c", "--schedule", "cosine"] + TINY
+    assert module.main(cosine + ["--steps", "3"]) == 0
+    with pytest.raises(SystemExit, match=r"--steps 3 -> 6 \(the learning-rate schedule"):
+        module.main(cosine + ["--steps", "6", "--resume"])
 
 
 def test_unknown_flag_and_bad_type(tmp_path, capsys):
@@ -232,8 +304,12 @@ def test_sigterm_mid_training_then_resume_equals_uninterrupted(tmp_path):
     cut_step = summary["steps"]
     assert 50 <= cut_step < 400
 
+    first_wall = summary["wall_s"]
     subprocess.run(args + ["--name", "cut", "--resume"], check=True, env=env, capture_output=True)
     assert _final_params(tmp_path / "cut") == _final_params(tmp_path / "straight")
+    resumed = json.loads((tmp_path / "cut" / "summary.json").read_text())
+    assert resumed["wall_s_complete"] is True  # the interrupted segment's time is in it
+    assert resumed["wall_s"] == pytest.approx(first_wall + resumed["wall_s_this_process"])
     rows = [json.loads(x) for x in metrics.read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 401))
     straight = [
@@ -278,3 +354,10 @@ def test_report_table_reads_the_summaries(tmp_path):
     assert (
         "--cell gru" in cmd and "--seq_len 6" in cmd and "--steps 3" in cmd and "--out" not in cmd
     )
+    # T as the task ran it (hello: 4 letters; it printed 64 for any fixed-length task),
+    # and no finished run among the paths is an error, not an empty table.
+    hello = ["--task", "hello", "--steps", "2", "--eval_every", "0", "--out", str(tmp_path)]
+    assert module.main(hello + ["--name", "h"] + TINY_FIXED_EVAL) == 0
+    assert "| hello | 4 | lstm | 6 |" in report.table([tmp_path / "h"])
+    with pytest.raises(SystemExit, match="no finished runs"):
+        report.main([str(tmp_path / "missing")])

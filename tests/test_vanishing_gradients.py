@@ -94,11 +94,50 @@ def test_study_writes_report_figures_and_summary(tmp_path, capsys):
         (["--forget_biases", "2"], "--forget_biases must be from 0, 1, chrono"),
         (["--lengths", "1,8"], "--lengths must all be >= 2"),
         (["--scales", "0,1"], "--scales and --clip_scales must be > 0"),
+        (["--lengths="], "--lengths must name at least one value"),
+        (["--clip_scales="], "--clip_scales must name at least one value"),
+        (["--sweep_len", "1"], "--sweep_len must be >= 2; got 1"),
+        (["--clip_norm", "0"], "--clip_norm must be > 0; got 0.0"),
+        (["--learning_rate", "0"], "--learning_rate must be > 0"),
+        (["--seeds", "0"], "--seeds must be >= 1; got 0"),
+        (["--cells", "gru", "--forget_train"], "the forget-bias ablation needs lstm in --cells"),
+        (["--cells", "lstm,gru", "--clip_steps", "9"], "the clipping study needs rnn_tanh"),
     ],
 )
-def test_bad_config(argv, match, tmp_path):
-    with pytest.raises(ValueError, match=match):
-        load().main(argv + ["--out", str(tmp_path)])
+def test_bad_config(argv, match, tmp_path, capsys):
+    """Refused before the study starts (these failed after minutes of it, or ran with
+    options the chosen cells ignore), with argparse's error: exit status 2."""
+    with pytest.raises(SystemExit) as info:
+        load().main(argv + ["--out", str(tmp_path / "vg")])
+    assert info.value.code == 2 and match in capsys.readouterr().err
+    assert not (tmp_path / "vg").exists()
+
+
+def test_gated_cells_alone_skip_the_clipping_figure(tmp_path, monkeypatch):
+    """With no ungated cell there is no clipping study: the report says so and no
+    figure is drawn (the figure crashed the run at its very end)."""
+    module = load()
+    out = tmp_path / "vg"
+    argv = [a for a in TINY if a != "--forget_train"]
+    del argv[argv.index("--clip_steps") : argv.index("--clip_steps") + 2]
+    argv += ["--cells", "gru", "--out", str(out)]
+    assert module.main(argv) == 0
+    report = (out / "report.md").read_text()
+    assert "not run: no rnn_tanh or rnn_relu in --cells" in report
+    assert "not run: no lstm in --cells" in report
+    assert not (out / "clipping.png").exists() and (out / "final_loss.png").exists()
+    assert json.loads((out / "summary.json").read_text())["jacobian_method"] == "exact"
+
+
+def test_interrupt_says_what_is_left(tmp_path, monkeypatch, capsys):
+    module = load()
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "run", interrupted)
+    assert module.main(["--out", str(tmp_path / "vg"), "--no-progress"]) == 130
+    assert "holds config.json only" in capsys.readouterr().err
 
 
 def test_full_preset_sets_paper_sizes_and_keeps_overrides(monkeypatch, tmp_path):
@@ -113,3 +152,10 @@ def test_full_preset_sets_paper_sizes_and_keeps_overrides(monkeypatch, tmp_path)
         module.main(["--full", "--seeds", "2", "--out", str(tmp_path)])
     cfg = seen["cfg"]
     assert cfg.hidden_size == 128 and max(cfg.lengths) == 1000 and cfg.seeds == 2
+    # A flag given with the default's value still beats the paper size (it was dropped,
+    # as indistinguishable from an unset flag).
+    seen.clear()
+    with pytest.raises(SystemExit):
+        module.main(["--full", "--hidden_size", "64", "--no-forget_train", "--out", str(tmp_path)])
+    cfg = seen["cfg"]
+    assert cfg.hidden_size == 64 and cfg.forget_train is False and cfg.seeds == 5
