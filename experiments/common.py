@@ -327,8 +327,8 @@ def _check_same_config(run: RunDir, cfg) -> None:
             else ""
         )
         raise SystemExit(
-            f"--resume with a changed config: {', '.join(changed)}{why}. The checkpoints in "
-            f"{run.path} continue the run its config.json describes: resume with the same "
+            f"--resume with a changed config: {', '.join(changed)}{why}. What is saved in "
+            f"{run.path} continues the run its config.json describes: resume with the same "
             "options, or start a new run (--name / --out)."
         )
 

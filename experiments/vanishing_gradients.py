@@ -23,6 +23,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
+import pickle
 import sys
 import time
 from pathlib import Path
@@ -64,6 +66,9 @@ class Config:
     full: bool = False
     out: str = "runs/vanishing_gradients"
     progress: bool = True
+    # Continue a study that stopped: every measurement already in <out>/units is read
+    # back instead of recomputed (each is a function of the config alone).
+    resume: bool = False
 
     def validate(self) -> None:
         unknown = set(self.cells) - set(rnnjax.CELLS)
@@ -335,7 +340,32 @@ def train_cell(
 # ---------------------------------------------------------------------------- study
 
 
-def run(cfg: Config) -> dict:
+class Units:
+    """Each finished measurement of the study saved under ``<out>/units`` (a pickle
+    written atomically), so a stopped study resumes where it stopped. Every unit is a
+    function of the config alone (its keys are fixed), so a resumed study's numbers are
+    an uninterrupted one's."""
+
+    def __init__(self, folder: Path | None, resume: bool):
+        self.folder, self.resume, self.reused = folder, resume, 0
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, key: str, compute):
+        path = None if self.folder is None else self.folder / f"{key}.pkl"
+        if path is not None and self.resume and path.exists():
+            self.reused += 1
+            return pickle.loads(path.read_bytes())
+        value = compute()
+        if path is not None:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(pickle.dumps(value))
+            os.replace(tmp, path)
+        return value
+
+
+def run(cfg: Config, units: Units | None = None) -> dict:
+    units = units or Units(None, False)
     seeds = np.arange(cfg.seeds)
     seed_keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(0), s))(jnp.asarray(seeds))
     results: dict = {
@@ -370,10 +400,14 @@ def run(cfg: Config) -> dict:
     for name in cfg.cells:
         cell = get_cell(name, cfg.hidden_size)
         for T in cfg.lengths:
-            task = make_task("adding", seq_len=T)
-            params = init_params(make_model(cell), task, seed_keys)
-            batch = task.sample(jax.random.key(10_000 + T), cfg.batch_size)
-            results["init"][(name, T)] = grad_flow(cell, params, batch)
+
+            def measure(cell=cell, T=T):
+                task = make_task("adding", seq_len=T)
+                params = init_params(make_model(cell), task, seed_keys)
+                batch = task.sample(jax.random.key(10_000 + T), cfg.batch_size)
+                return grad_flow(cell, params, batch)
+
+            results["init"][(name, T)] = units(f"init-{name}-T{T}", measure)
             tick(f"init {name} T={T}")
 
     # 2. Singular values of dh_T/dh_t at T = sweep_len (seed 0, one example).
@@ -381,31 +415,45 @@ def run(cfg: Config) -> dict:
     x0 = task.sample(jax.random.key(7), 1).inputs[0]
     for name in cfg.cells:
         cell = get_cell(name, cfg.hidden_size)
-        params = init_params(make_model(cell), task, seed_keys[:1])
-        p0 = jax.tree.map(lambda a: a[0], params)["rnn"]["layer"][0]
-        method = jacobian_method(cfg)
-        with jax.enable_x64(True):  # float64: singular values far below 1e-38 stay resolved
-            p64, x64 = to_f64(p0), to_f64(x0)
-            jac = jax.jit(lambda p, x, c=cell, m=method: dg.jacobian_products(c, p, x, method=m))(
-                p64, x64
-            )
-            steps_j = jax.jit(lambda p, x, c=cell: dg.step_jacobians(c, p, x)["spectral_norm"])(
-                p64, x64
-            )
-            results["jacobian"][name] = {k: np.asarray(v) for k, v in jac.items()}
-            results["jacobian"][name]["step_spectral_norm"] = np.asarray(steps_j)
-        if cell.gates is not None:
-            stats = dg.gate_stats(cell, p0, task.sample(jax.random.key(8), cfg.batch_size).inputs)
-            results["gates"][name] = {k: float(np.mean(v)) for k, v in stats.items()}
+
+        def spectra(cell=cell):
+            params = init_params(make_model(cell), task, seed_keys[:1])
+            p0 = jax.tree.map(lambda a: a[0], params)["rnn"]["layer"][0]
+            method = jacobian_method(cfg)
+            with jax.enable_x64(True):  # float64: singular values far below 1e-38 stay resolved
+                p64, x64 = to_f64(p0), to_f64(x0)
+                jac = jax.jit(
+                    lambda p, x, c=cell, m=method: dg.jacobian_products(c, p, x, method=m)
+                )(p64, x64)
+                steps_j = jax.jit(lambda p, x, c=cell: dg.step_jacobians(c, p, x)["spectral_norm"])(
+                    p64, x64
+                )
+                jacobian = {k: np.asarray(v) for k, v in jac.items()}
+                jacobian["step_spectral_norm"] = np.asarray(steps_j)
+            gates = None
+            if cell.gates is not None:
+                inputs = task.sample(jax.random.key(8), cfg.batch_size).inputs
+                stats = dg.gate_stats(cell, p0, inputs)
+                gates = {k: float(np.mean(v)) for k, v in stats.items()}
+            return jacobian, gates
+
+        results["jacobian"][name], gates = units(f"jacobians-{name}", spectra)
+        if gates is not None:
+            results["gates"][name] = gates
         tick(f"jacobians {name}")
 
     # 3. Recurrent-scale sweep at T = sweep_len.
     batch = task.sample(jax.random.key(11), cfg.batch_size)
     for name in cfg.cells:
         cell = get_cell(name, cfg.hidden_size)
-        base = init_params(make_model(cell), task, seed_keys)
+        base = functools.cache(lambda cell=cell: init_params(make_model(cell), task, seed_keys))
         for g in cfg.scales:
-            results["sweep"][(name, g)] = grad_flow(cell, variant(base, name, scale=g), batch)
+            results["sweep"][(name, g)] = units(
+                f"sweep-{name}-g{g}",
+                lambda cell=cell, name=name, g=g, base=base: grad_flow(
+                    cell, variant(base(), name, scale=g), batch
+                ),
+            )
             tick(f"sweep {name} g={g}")
 
     # 4. LSTM forget-bias ablation: gradient flow over lengths, and training at the
@@ -415,30 +463,37 @@ def run(cfg: Config) -> dict:
         cell = get_cell("lstm", cfg.hidden_size)
         for forget in cfg.forget_biases:
             for T in cfg.lengths:
-                task_t = make_task("adding", seq_len=T)
-                params = variant(
-                    init_params(make_model(cell), task_t, seed_keys),
-                    "lstm",
-                    forget=forget,
-                    max_timescale=T,
-                )
-                b = task_t.sample(jax.random.key(10_000 + T), cfg.batch_size)
-                results["forget"][(forget, T)] = grad_flow(cell, params, b)
+
+                def ablation(forget=forget, T=T):
+                    task_t = make_task("adding", seq_len=T)
+                    params = variant(
+                        init_params(make_model(cell), task_t, seed_keys),
+                        "lstm",
+                        forget=forget,
+                        max_timescale=T,
+                    )
+                    b = task_t.sample(jax.random.key(10_000 + T), cfg.batch_size)
+                    return grad_flow(cell, params, b)
+
+                results["forget"][(forget, T)] = units(f"forget-{forget}-T{T}", ablation)
                 tick(f"forget bias {forget} T={T}")
             if cfg.forget_train:
-                trained = train_cell(
-                    "lstm",
-                    t_long,
-                    cfg,
-                    seeds,
-                    steps=cfg.train_steps,
-                    clip=cfg.clip_norm,
-                    forget=forget,
+
+                def trained_forget(forget=forget):
+                    trained = train_cell(
+                        "lstm",
+                        t_long,
+                        cfg,
+                        seeds,
+                        steps=cfg.train_steps,
+                        clip=cfg.clip_norm,
+                        forget=forget,
+                    )
+                    return {"mse": trained["mse"], "wall_s": trained["wall_s"]}
+
+                results["forget"][(forget, "train")] = units(
+                    f"forget-{forget}-train-T{t_long}", trained_forget
                 )
-                results["forget"][(forget, "train")] = {
-                    "mse": trained["mse"],
-                    "wall_s": trained["wall_s"],
-                }
                 tick(f"forget bias {forget}: train T={t_long}")
 
     # 5. Clipping on / off where gradients vanish (g < 1) and explode (g > 1), for the
@@ -446,32 +501,42 @@ def run(cfg: Config) -> dict:
     for name in clip_cells(cfg):
         for g in cfg.clip_scales:
             for clip in (cfg.clip_norm, None):
-                trained = train_cell(
-                    name, cfg.sweep_len, cfg, seeds, steps=cfg.clip_steps, clip=clip, scale=g
+
+                def clipping(name=name, g=g, clip=clip):
+                    trained = train_cell(
+                        name, cfg.sweep_len, cfg, seeds, steps=cfg.clip_steps, clip=clip, scale=g
+                    )
+                    h = trained["history"]
+                    return {
+                        "mse": trained["mse"],
+                        "status": trained["status"],
+                        "grad_norm": h["grad_norm"],
+                        "clip_fraction": clip_fraction(h, cfg.clip_norm, len(seeds)),
+                    }
+
+                on = "on" if clip else "off"
+                results["clip"][(name, g, clip is not None)] = units(
+                    f"clip-{name}-g{g}-{on}", clipping
                 )
-                h = trained["history"]
-                results["clip"][(name, g, clip is not None)] = {
-                    "mse": trained["mse"],
-                    "status": trained["status"],
-                    "grad_norm": h["grad_norm"],
-                    "clip_fraction": clip_fraction(h, cfg.clip_norm, len(seeds)),
-                }
-                tick(f"clip {name} g={g} {'on' if clip else 'off'}")
+                tick(f"clip {name} g={g} {on}")
 
     # 6. Training outcome by cell and length, and gradient flow after training.
     for name in cfg.cells:
         for T in cfg.train_lengths:
-            trained = train_cell(name, T, cfg, seeds, steps=cfg.train_steps, clip=cfg.clip_norm)
-            task_t = make_task("adding", seq_len=T)
-            b = task_t.sample(jax.random.key(20_000 + T), cfg.batch_size)
-            after = grad_flow(trained["cell"], trained["params"], b)
-            results["train"][(name, T)] = {
-                "mse": trained["mse"],
-                "after": after,
-                "wall_s": trained["wall_s"],
-                "status": trained["status"],
-                "clip_fraction": clip_fraction(trained["history"], cfg.clip_norm, len(seeds)),
-            }
+
+            def outcome(name=name, T=T):
+                trained = train_cell(name, T, cfg, seeds, steps=cfg.train_steps, clip=cfg.clip_norm)
+                task_t = make_task("adding", seq_len=T)
+                b = task_t.sample(jax.random.key(20_000 + T), cfg.batch_size)
+                return {
+                    "mse": trained["mse"],
+                    "after": grad_flow(trained["cell"], trained["params"], b),
+                    "wall_s": trained["wall_s"],
+                    "status": trained["status"],
+                    "clip_fraction": clip_fraction(trained["history"], cfg.clip_norm, len(seeds)),
+                }
+
+            results["train"][(name, T)] = units(f"train-{name}-T{T}", outcome)
             tick(f"train {name} T={T}")
     if bar is not None:
         bar.close()
@@ -573,7 +638,14 @@ def write_report(
         f"Command: `{command_line(cfg)}`  ",
         f"Machine: {env['cpu']} ({env['cpu_count']} cores), backend `{env['backend']}` "
         f"({env['device_kind']}), jax {env['versions']['jax']}, commit `{str(env['git_commit'])[:10]}`; "
-        f"wall time {wall / 60:.1f} min.  ",
+        f"wall time {wall / 60:.1f} min"
+        + (
+            f" (this process; {summary['units_resumed']} measurements read back from the run "
+            "it resumed)"
+            if summary.get("units_resumed")
+            else ""
+        )
+        + ".  ",
         f"Task: the adding problem (REFERENCE.md 2). Hidden size {cfg.hidden_size}, {cfg.seeds} seeds "
         f"(mean ± sample std over seeds), {cfg.batch_size} sequences per gradient measurement. "
         "Recurrent weights orthogonal (gain 1) unless a scale g is named; LSTM forget bias 1 unless "
@@ -1001,6 +1073,19 @@ def main(argv=None) -> int:
         with common.usage_errors():
             cfg.validate()
     out = Path(cfg.out)
+    folder = out / "units"
+    done = sorted(folder.glob("*.pkl")) if folder.exists() else []
+    if cfg.resume:
+        common._check_same_config(common.RunDir(out, primary=False), cfg)
+    elif done and not (out / "summary.json").exists():
+        raise SystemExit(
+            f"{out} holds an unfinished study ({len(done)} measurements in {folder}): pass "
+            "--resume to continue it, or another --out to start a new one."
+        )
+    else:  # a new study, or a finished one run again: start over
+        for path in done:
+            path.unlink()
+        (out / "summary.json").unlink(missing_ok=True)
     run_dir = common.RunDir(out)
     env = common.environment()
     run_dir.write_json(
@@ -1010,21 +1095,26 @@ def main(argv=None) -> int:
         f"Vanishing-gradient study: cells {', '.join(cfg.cells)}, H={cfg.hidden_size}, "
         f"{cfg.seeds} seeds, on {env['backend']} ({env['device_kind']})"
     )
+    units = Units(folder, cfg.resume)
     t0 = time.perf_counter()
     try:
-        results = run(cfg)
+        results = run(cfg, units)
     except KeyboardInterrupt:
+        kept = len(list(folder.glob("*.pkl")))
         print(
-            f"\nInterrupted after {time.perf_counter() - t0:.0f} s. The study keeps no "
-            f"checkpoints: {out} holds config.json only; run it again to start over.",
+            f"\nInterrupted after {time.perf_counter() - t0:.0f} s, with {kept} measurements "
+            f"saved in {folder}: the same command with --resume continues the study.",
             file=sys.stderr,
         )
         return 130
+    if units.reused:
+        print(f"Resumed: {units.reused} measurements read back from {folder}.")
     wall = time.perf_counter() - t0
     summary = summarise(cfg, results)
     summary.update(
         config=dataclasses.asdict(cfg),
         jacobian_method=jacobian_method(cfg),
+        units_resumed=units.reused,  # read back from an earlier, stopped process
         wall_s=wall,
         environment=env,
         command=command_line(cfg),

@@ -129,24 +129,13 @@ def test_gated_cells_alone_skip_the_clipping_figure(tmp_path, monkeypatch):
     assert json.loads((out / "summary.json").read_text())["jacobian_method"] == "exact"
 
 
-def test_interrupt_says_what_is_left(tmp_path, monkeypatch, capsys):
-    module = load()
-
-    def interrupted(cfg):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(module, "run", interrupted)
-    assert module.main(["--out", str(tmp_path / "vg"), "--no-progress"]) == 130
-    assert "holds config.json only" in capsys.readouterr().err
-
-
 def test_full_preset_sets_paper_sizes_and_keeps_overrides(monkeypatch, tmp_path):
     module = load()
     seen = {}
     monkeypatch.setattr(
         module,
         "run",
-        lambda cfg: seen.setdefault("cfg", cfg) and (_ for _ in ()).throw(SystemExit(0)),
+        lambda cfg, *_: seen.setdefault("cfg", cfg) and (_ for _ in ()).throw(SystemExit(0)),
     )
     with pytest.raises(SystemExit):
         module.main(["--full", "--seeds", "2", "--out", str(tmp_path)])
@@ -159,3 +148,51 @@ def test_full_preset_sets_paper_sizes_and_keeps_overrides(monkeypatch, tmp_path)
         module.main(["--full", "--hidden_size", "64", "--no-forget_train", "--out", str(tmp_path)])
     cfg = seen["cfg"]
     assert cfg.hidden_size == 64 and cfg.forget_train is False and cfg.seeds == 5
+
+
+def _without_timing(summary: dict) -> dict:
+    drop = ("wall_s", "environment", "timing", "units_resumed", "command")
+    out = {k: v for k, v in summary.items() if k not in drop}
+    out["config"] = {k: v for k, v in out["config"].items() if k not in ("out", "resume")}
+    for section in out.values():  # per-measurement wall times
+        if isinstance(section, dict):
+            for entry in section.values():
+                if isinstance(entry, dict):
+                    entry.pop("wall_s", None)
+    return out
+
+
+@pytest.mark.slow
+def test_a_stopped_study_resumes_to_the_same_numbers(tmp_path, monkeypatch, capsys):
+    """Every finished measurement is saved as it completes; --resume reads them back and
+    computes the rest, and the summary equals an uninterrupted study's. Without
+    --resume an unfinished study is not overwritten."""
+    module = load()
+    argv = [a for a in TINY if a != "--forget_train"] + ["--cells", "rnn_tanh,lstm"]
+    assert module.main(argv + ["--out", str(tmp_path / "straight")]) == 0
+    straight = json.loads((tmp_path / "straight" / "summary.json").read_text())
+
+    calls = {"n": 0}
+    grad_flow = module.grad_flow
+
+    def stop_at_the_fifth(*args, **kwargs):  # Ctrl-C in the middle of the study
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return grad_flow(*args, **kwargs)
+
+    out = tmp_path / "cut"
+    monkeypatch.setattr(module, "grad_flow", stop_at_the_fifth)
+    assert module.main(argv + ["--out", str(out)]) == 130
+    assert "with --resume continues" in capsys.readouterr().err
+    saved = len(list((out / "units").glob("*.pkl")))
+    assert saved >= 4 and not (out / "summary.json").exists()
+    monkeypatch.setattr(module, "grad_flow", grad_flow)
+    with pytest.raises(SystemExit, match="unfinished study"):
+        module.main(argv + ["--out", str(out)])
+    with pytest.raises(SystemExit, match="changed config: --hidden_size 6 -> 7"):
+        module.main(argv + ["--out", str(out), "--resume", "--hidden_size", "7"])
+    assert module.main(argv + ["--out", str(out), "--resume"]) == 0
+    resumed = json.loads((out / "summary.json").read_text())
+    assert resumed["units_resumed"] == saved
+    assert _without_timing(resumed) == _without_timing(straight)
