@@ -87,31 +87,64 @@ def weights(cell: str, input_size: int, hidden: int, seed: int = 0) -> dict[str,
     return {k: rng.uniform(-bound, bound, s).astype(np.float32) for k, s in shapes.items()}
 
 
+def reference_step(xp, cell: str, w: dict, carry: tuple, x_t):
+    """One step of ``cell`` in PyTorch's layout and gate order, in the array namespace
+    ``xp`` (NumPy for the outputs, ``jax.numpy`` for gradients): the gate's yardstick,
+    written here apart from every library timed."""
+    h, c = carry
+    sig = lambda a: 1.0 / (1.0 + xp.exp(-a))  # noqa: E731
+    a = x_t @ w["weight_ih"].T + w["bias_ih"]
+    b = h @ w["weight_hh"].T + w["bias_hh"]
+    if cell == "lstm":
+        i, f, g, o = xp.split(a + b, 4, axis=-1)
+        c = sig(f) * c + sig(i) * xp.tanh(g)
+        h = sig(o) * xp.tanh(c)
+    elif cell == "gru":
+        (ar, az, an), (br, bz, bn) = xp.split(a, 3, -1), xp.split(b, 3, -1)
+        r, z = sig(ar + br), sig(az + bz)
+        n = xp.tanh(an + r * bn)
+        h = (1 - z) * n + z * h
+    else:
+        h = xp.tanh(a + b)
+    return h, c
+
+
 def reference(cell: str, w: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
-    """The outputs in float64 NumPy, one step at a time: the gate's yardstick."""
+    """The outputs in float64 NumPy, one step at a time."""
     w = {k: v.astype(np.float64) for k, v in w.items()}
     x = x.astype(np.float64)
-    sig = lambda a: 1.0 / (1.0 + np.exp(-a))  # noqa: E731
     batch, steps, _ = x.shape
     hidden = w["weight_hh"].shape[1]
-    h, c = np.zeros((batch, hidden)), np.zeros((batch, hidden))
+    carry = (np.zeros((batch, hidden)), np.zeros((batch, hidden)))
     ys = np.empty((batch, steps, hidden))
     for t in range(steps):
-        a = x[:, t] @ w["weight_ih"].T + w["bias_ih"]
-        b = h @ w["weight_hh"].T + w["bias_hh"]
-        if cell == "lstm":
-            i, f, g, o = np.split(a + b, 4, axis=-1)
-            c = sig(f) * c + sig(i) * np.tanh(g)
-            h = sig(o) * np.tanh(c)
-        elif cell == "gru":
-            (ar, az, an), (br, bz, bn) = np.split(a, 3, -1), np.split(b, 3, -1)
-            r, z = sig(ar + br), sig(az + bz)
-            n = np.tanh(an + r * bn)
-            h = (1 - z) * n + z * h
-        else:
-            h = np.tanh(a + b)
-        ys[:, t] = h
+        carry = reference_step(np, cell, w, carry, x[:, t])
+        ys[:, t] = carry[0]
     return ys
+
+
+def reference_grads(cell: str, w: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray):
+    """The loss's gradients in float64: JAX's autodiff of :func:`reference_step` under
+    ``lax.scan``, for runs without PyTorch (whose float64 module is the usual source)."""
+    import jax
+    import jax.numpy as jnp
+
+    with jax.enable_x64(True):
+        w64 = {k: jnp.asarray(v, jnp.float64) for k, v in w.items()}
+        xs = jnp.asarray(x, jnp.float64).swapaxes(0, 1)
+        target = jnp.asarray(y, jnp.float64)
+        zeros = jnp.zeros((x.shape[0], w["weight_hh"].shape[1]), jnp.float64)
+
+        def loss(w):
+            def body(carry, x_t):
+                carry = reference_step(jnp, cell, w, carry, x_t)
+                return carry, carry[0]
+
+            _, ys = jax.lax.scan(body, (zeros, zeros), xs)
+            return 0.5 * jnp.mean((ys.swapaxes(0, 1) - target) ** 2)
+
+        grads = jax.jit(jax.grad(loss))(w64)
+        return {k: np.asarray(grads[k]) for k in NAMES}
 
 
 def _require(module: str, extra: str):

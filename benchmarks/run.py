@@ -127,15 +127,14 @@ def gate(cell, impls, w, x, y, atol, grad_rtol) -> dict[str, dict]:
             results[name] = impl.result()
         except Exception as err:  # noqa: BLE001  (a backend that crashes fails the gate)
             report[name] = {"ok": False, "error": f"{type(err).__name__}: {err}"[:500]}
-    if ref_grads is None and "rnnjax" in results:
-        ref_grads, grad_source = results["rnnjax"][2], "rnnjax float32"
+    if ref_grads is None:  # no PyTorch: float64 autodiff of the harness's own step
+        ref_grads = peers.reference_grads(cell, w, x, y)
+        grad_source = "float64 JAX autodiff of peers.reference_step"
     for name, (ys, loss, grads) in results.items():
-        out_err = float(np.max(np.abs(ys - ref_ys)))
-        loss_err = abs(loss - ref_loss) / max(abs(ref_loss), 1e-12)
+        out_err = _max_abs(np.asarray(ys) - ref_ys)
+        loss_err = _max_abs(loss - ref_loss) / max(abs(ref_loss), 1e-12)
         grad_err = max(
-            float(
-                np.max(np.abs(grads[k] - ref_grads[k])) / max(np.max(np.abs(ref_grads[k])), 1e-12)
-            )
+            _max_abs(grads[k] - ref_grads[k]) / max(_max_abs(ref_grads[k]), 1e-12)
             for k in peers.NAMES
         )
         report[name] = {
@@ -148,8 +147,11 @@ def gate(cell, impls, w, x, y, atol, grad_rtol) -> dict[str, dict]:
     return report
 
 
-def _absmax(a) -> float:
-    return float(np.max(np.abs(a)))
+def _max_abs(a) -> float:
+    """The largest absolute value; ``inf`` if any is NaN or infinite (a NaN must fail
+    the gate, and Python's ``max`` and comparisons let it through)."""
+    a = np.asarray(a, np.float64)
+    return float(np.max(np.abs(a))) if np.all(np.isfinite(a)) else float("inf")
 
 
 def _reference_grads(cell, w, x, y):
@@ -576,6 +578,9 @@ def main(argv=None) -> int:
     if args.sweep and not args.gate_only:
         sweep += memory_sweep(args, gpu)
     record["complete"] = True
+    record["environment"]["load_average_end"] = (
+        list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    )
     _save(record, out)
     if not args.gate_only:
         import report

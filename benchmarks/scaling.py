@@ -58,7 +58,9 @@ def worker(args) -> dict:
         params = model.init(jax.random.key(seed), ex.inputs, ex.lengths)["params"]
         return tr.init_state(params, opt, jax.random.key(seed))
 
-    mesh = distributed.data_mesh()
+    # The devices asked for: forced host devices are exactly that many; with --real,
+    # the first --count of the devices JAX sees (all of them were used before).
+    mesh = distributed.data_mesh(args.count or None)
     n = mesh.size
     results = {}
     for layout, seeds in (("data", 1), ("sharded", 1), ("seeds", args.seeds)):
@@ -106,6 +108,7 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--out", default="results/scaling")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(args)))
@@ -120,15 +123,16 @@ def main(argv=None) -> None:
         if not args.real:
             env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n}"
             env["JAX_PLATFORMS"] = "cpu"
-        cmd = [sys.executable, __file__, "--worker"] + [
+        cmd = [sys.executable, __file__, "--worker", f"--count={n}"] + [
             f"--{k}={v}"
             for k, v in vars(args).items()
-            if k not in ("devices", "real", "out", "worker")
+            if k not in ("devices", "real", "out", "worker", "count")
         ]
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
         if out.returncode:
             raise SystemExit(f"{n} devices failed:\n{out.stderr[-2000:]}")
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        rows[-1]["xla_flags"] = env.get("XLA_FLAGS", "")  # the worker's, not this process's
         print(f"{n} device(s): {rows[-1]['results']}", flush=True)
 
     env = common.environment()

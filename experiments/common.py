@@ -124,8 +124,11 @@ def environment() -> dict[str, Any]:
         "device_kind": getattr(device, "device_kind", str(device)),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "git_commit": commit,
-        "git_dirty": dirty,  # tracked files differed from the commit when the run ended
+        "git_dirty": dirty,  # tracked files differed from the commit when this was recorded
         "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        # Other work on the machine when this was recorded (1, 5, 15 min): a busy machine
+        # slows a backend whose threads need every core (PyTorch's) more than others.
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
 
 

@@ -667,3 +667,91 @@ def test_gpu_script_commands_parse():
             parsers[m.group(1)](shlex.split(m.group(2)))
             seen.add(m.group(1))
     assert seen == set(parsers)
+
+
+class _Fixed:
+    """A backend that returns given outputs, loss and gradients."""
+
+    def __init__(self, ys, loss, grads):
+        self.value = (ys, loss, grads)
+
+    def result(self):
+        return self.value
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_the_gate_fails_nan_and_never_checks_a_backend_against_itself(cell, monkeypatch):
+    """Two routes to the reference gradients (PyTorch's float64 module, and float64 JAX
+    autodiff of the harness's own step) agree; without PyTorch the second one is the
+    reference, not rnnjax's own float32 gradients (which passed a 3x error as 0.0).
+    A NaN in any gradient fails (Python's max dropped one after the first tensor)."""
+    pytest.importorskip("torch")
+    run = load("run")
+    peers, w, x, y = _data(cell)
+    torch_grads, source = run._reference_grads(cell, w, x, y)
+    assert source == "torch float64"
+    jax_grads = peers.reference_grads(cell, w, x, y)
+    for k in peers.NAMES:
+        np.testing.assert_allclose(jax_grads[k], torch_grads[k], rtol=1e-9, atol=1e-12)
+
+    ys = peers.reference(cell, w, x)
+    loss = 0.5 * float(np.mean((ys - y.astype(np.float64)) ** 2))
+    right = {k: v.astype(np.float32) for k, v in torch_grads.items()}
+    tripled = {k: 3 * v for k, v in right.items()}
+    poisoned = {**right, "bias_hh": np.full_like(right["bias_hh"], np.nan)}
+    impls = {
+        "rnnjax": _Fixed(ys, loss, tripled),
+        "peer": _Fixed(ys, loss, right),
+        "nan": _Fixed(ys, loss, poisoned),
+    }
+    monkeypatch.setattr(run, "_reference_grads", lambda *a: (None, None))  # no PyTorch
+    report = run.gate(cell, impls, w, x, y, 1e-5, 1e-4)
+    assert report["peer"]["ok"] and report["peer"]["max_rel_grad_error"] < 1e-6
+    assert not report["rnnjax"]["ok"] and report["rnnjax"]["max_rel_grad_error"] > 1
+    assert not report["nan"]["ok"] and report["nan"]["max_rel_grad_error"] == float("inf")
+    assert report["peer"]["grad_reference"].startswith("float64 JAX autodiff")
+
+
+def test_summary_names_what_was_not_timed_and_met_agrees_with_the_number():
+    """A row whose rnnjax failed the gate stays in the targets as not met (it vanished);
+    peers that failed or were skipped are listed; a speed-up that rounds up to its
+    target but misses it shows enough digits; the GPU's t_rnnjax / t_cuDNN is the
+    median of the per-round ratio."""
+    report = load("report")
+    ok = {"ok": True, "max_abs_output_error": 0.0, "max_rel_grad_error": 0.0}
+    bad = {"ok": False, "max_abs_output_error": 0.3, "max_rel_grad_error": 2.0}
+    gates = [
+        {"config": "small", "cell": "lstm", "backends": {"rnnjax": ok, "torch": bad}},
+        {"config": "large", "cell": "lstm", "backends": {"rnnjax": bad, "torch": ok}},
+    ]
+    rows = [
+        _row("small", "train", {"rnnjax": 1.0, "flax/LSTMCell": 1.2496}, {"flax/LSTMCell": 1.2496}),
+        _row("large", "train", {"torch": 1.0}, {}),
+    ]
+    record = {
+        "rows": rows,
+        "gates": gates,
+        "skipped": {"equinox/lstm": "equinox is not installed"},
+        "targets": {"train_speedup_over_best_peer": 1.25, "large_fraction_of_peak": 0.8},
+        "environment": {"backend": "cpu"},
+    }
+    text = "\n".join(report.targets(record))
+    assert (
+        "| small | lstm | train | flax/LSTMCell | 1249.60 | 1000.00 | 1.2496x | 1.25x | no |"
+        in text
+    )
+    assert "| large | lstm | train | | | failed the gate: output error 3.0e-01" in text
+    assert "Large lstm training step: rnnjax not timed (failed the gate" in text
+    assert "- small lstm: torch failed the gate: output error 3.0e-01" in text
+    assert "- equinox/lstm: equinox is not installed" in text
+
+    # GPU: rounds with t_rnnjax / t_cuDNN = 0.7, 0.7, 0.7, 0.75, 0.92, 1, 1, 1: median
+    # 0.835, where 1 / the median of the inverse ratios gave 0.826 (near the 1.2
+    # threshold the two can disagree): the per-round statistic is the one shown.
+    cudnn = [1.0] * 8
+    mine = [0.7, 0.7, 0.7, 0.75, 0.92, 1.0, 1.0, 1.0]
+    row = _row("small", "infer", {"rnnjax": 1.0, CUDNN: 1.0}, {CUDNN: 1.0})
+    row["times"]["rnnjax"]["samples_s"], row["times"][CUDNN]["samples_s"] = mine, cudnn
+    record = {**record, "rows": [row], "gates": [], "environment": {"backend": "gpu"}}
+    record["targets"].update(gpu_lstm_within_cudnn=1.2, gpu_lstm_speedup_over_flax=2.0)
+    assert f"| small | infer | {CUDNN} | 0.83 | yes |" in "\n".join(report.targets(record))

@@ -318,6 +318,24 @@ def test_scaling_benchmark_runs(tmp_path):
     assert set(results) == {"data", "sharded", "seeds"}
     assert results["sharded"]["state_bytes_per_device"] < results["data"]["state_bytes_per_device"]
     assert "| 2 | seeds | 2 x 4 |" in (tmp_path / "scaling.md").read_text()
+    assert record["rows"][0]["xla_flags"] == "--xla_force_host_platform_device_count=2"
+
+
+def test_scaling_real_uses_the_device_count_asked_for(tmp_path):
+    """--real on a machine with several devices (two host devices here): each row runs
+    on the count asked for; every row ran on all of them before."""
+    cmd = [
+        sys.executable, str(ROOT / "benchmarks" / "scaling.py"), "--real", "--devices", "1,2",
+        "--repeats", "1", "--warmup", "1", "--seq_len", "4", "--hidden_size", "4",
+        "--batch_size", "4", "--seeds", "2", "--out", str(tmp_path),
+    ]  # fmt: skip
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env["JAX_PLATFORMS"] = "cpu"
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads((tmp_path / "scaling.json").read_text())["rows"]
+    assert [r["devices"] for r in rows] == [1, 2]
+    assert set(rows[0]["results"]) == {"data", "seeds"}  # one device: sharded is data
 
 
 @pytest.mark.slow
