@@ -335,6 +335,16 @@ def environment() -> dict:
     except ImportError:
         env["versions"]["equinox"] = None
     env.update(peers.torch_info())
+    # What JAX (and jax.experimental.rnn's cuDNN LSTM) runs on a GPU: its CUDA plugin
+    # and the cuDNN it loads, apart from PyTorch's own (torch_info).
+    from importlib import metadata
+
+    cuda = ("jax-cuda12-plugin", "jax-cuda13-plugin", "nvidia-cudnn-cu12", "nvidia-cudnn-cu13")
+    for dist in cuda:
+        try:
+            env["versions"][dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
     env["threads"] = {
         k: os.environ.get(k)
         for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "XLA_FLAGS", "TF_CPP_MIN_LOG_LEVEL")
