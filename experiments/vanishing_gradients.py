@@ -807,9 +807,18 @@ def write_report(
         a = [ms(results["train"][(name, T)]["after"]["log10_ratio"]) for T in cfg.train_lengths]
         lines.append(f"| {name} | " + " | ".join(m) + " | " + " | ".join(a) + " |")
     lines += ["", "![final loss](final_loss.png)", "", "## What the numbers show", ""]
-    lines += findings(cfg, results)
+    found = findings(cfg, results)
+    lines += found
     text = "\n".join(lines) + "\n"
     (out / "report.md").write_text(text)
+    # The findings alone, for the README to embed (experiments/embed_results.py): the
+    # run that made them first, then its sentences.
+    made_by = (
+        f"From `{command_line(cfg)}`: {wall / 60:.1f} min on {env['cpu']} "
+        f"({env['cpu_count']} cores), backend `{env['backend']}`, jax "
+        f"{env['versions']['jax']}, commit `{str(env['git_commit'])[:10]}`."
+    )
+    (out / "findings.md").write_text("\n".join([made_by, "", *found]) + "\n")
     return text
 
 

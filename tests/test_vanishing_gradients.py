@@ -54,6 +54,7 @@ def test_study_writes_report_figures_and_summary(tmp_path, capsys):
     assert load().main(TINY + ["--out", str(out)]) == 0
     for name in (
         "report.md",
+        "findings.md",
         "summary.json",
         "config.json",
         "grad_vs_distance.png",
