@@ -28,6 +28,7 @@ makes ``N`` of them, how the tests prove it), GPUs and TPUs.
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -47,7 +48,10 @@ def data_mesh(devices: int | Sequence[jax.Device] | None = None) -> Mesh:
     available = jax.devices()
     if devices is None:
         chosen = available
-    elif isinstance(devices, int) and not isinstance(devices, bool):
+    elif isinstance(devices, (bool, float)) or isinstance(devices, (str, bytes)):
+        raise ValueError(f"devices must be a count, a list of devices or None; got {devices!r}.")
+    elif isinstance(devices, numbers.Integral):
+        devices = int(devices)
         if not 1 <= devices <= len(available):
             raise ValueError(
                 f"devices must lie in [1, {len(available)}] (the devices JAX sees: "
@@ -58,6 +62,8 @@ def data_mesh(devices: int | Sequence[jax.Device] | None = None) -> Mesh:
         chosen = list(devices)
         if not chosen:
             raise ValueError("devices must not be empty.")
+        if len(set(chosen)) != len(chosen):
+            raise ValueError(f"devices must be distinct; got {chosen}.")
     return Mesh(np.array(chosen), (DATA,))
 
 
@@ -81,19 +87,23 @@ def _to_numpy_if_global(tree: Any, mesh: Mesh) -> Any:
     )
 
 
-def shard(tree: Any, mesh: Mesh, axis: int) -> Any:
-    """Place ``tree`` with dimension ``axis`` of every leaf split over the mesh.
+def shard(tree: Any, mesh: Mesh, axis: int, *, name: str = "value") -> Any:
+    """Place ``tree`` with dimension ``axis`` (counted from 0) of every leaf split over
+    the mesh; ``name`` names ``tree`` in errors.
 
     Raises:
-      ValueError: a leaf has no dimension ``axis`` or its size is not divisible by the
-        number of devices (naming the leaf, its shape and the device count).
+      ValueError: a negative ``axis``, or a leaf with no dimension ``axis`` or one whose
+        size is not divisible by the number of devices (naming the leaf, its shape and
+        the device count).
     """
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral) or axis < 0:
+        raise ValueError(f"the axis to split {name} along must be an int >= 0; got {axis!r}.")
     n = mesh.size
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
         shape = np.shape(leaf)
         if len(shape) <= axis or shape[axis] % n:
             raise ValueError(
-                f"{jax.tree_util.keystr(path) or 'value'} has shape {shape}: dimension "
+                f"{name}{jax.tree_util.keystr(path)} has shape {shape}: dimension "
                 f"{axis} must exist and be divisible by the {n} devices of the mesh."
             )
     return jax.device_put(_to_numpy_if_global(tree, mesh), NamedSharding(mesh, _spec(axis)))
@@ -182,7 +192,7 @@ def parallel_step(
         placed = zip(jax.tree.leaves(state), leaf_sh)
         if any(getattr(x, "sharding", None) != sh for x, sh in placed):
             state = place_state(state, mesh, layout)
-        batch = shard(batch, mesh, batch_axis)
+        batch = shard(batch, mesh, batch_axis, name=f"batch (split along batch_axis={batch_axis})")
         if layout == "seeds":
             return jitted(state, batch)
         # Under the mesh, rnnjax.scan runs its loop device by device on the batch

@@ -103,8 +103,12 @@ class SequenceModel(nn.Module):
                     f"inputs must be integer tokens [*batch, T] when vocab_size is set; "
                     f"got dtype {jnp.result_type(inputs)} and shape {jnp.shape(inputs)}."
                 )
+            for name, value in (("vocab_size", self.vocab_size), ("embed_dim", self.embed_dim)):
+                if value is not None:
+                    check_positive_int(name, value)
             check_token_ids("inputs", inputs, self.vocab_size)
-            xs = nn.Embed(self.vocab_size, self.embed_dim or self.layer.output_size)(inputs)
+            width = self.layer.output_size if self.embed_dim is None else self.embed_dim
+            xs = nn.Embed(self.vocab_size, width)(inputs)
         else:
             xs = inputs
         rnn = Recurrent(self.layer, name="rnn")

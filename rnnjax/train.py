@@ -10,6 +10,7 @@ seed axis of the state (see :func:`vmap_seeds`).
 from __future__ import annotations
 
 import contextlib
+import math
 import numbers
 import signal
 import threading
@@ -73,8 +74,10 @@ def make_schedule(
     (linear warm-up over ``warmup_steps``, then cosine) or ``"linear"`` (to 0)."""
     if name not in SCHEDULES:
         raise ValueError(f"schedule must be one of {list(SCHEDULES)}; got {name!r}.")
-    if not learning_rate > 0:
-        raise ValueError(f"learning_rate must be > 0; got {learning_rate!r}.")
+    if not 0 < learning_rate < math.inf:
+        raise ValueError(f"learning_rate must be a finite number > 0; got {learning_rate!r}.")
+    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, numbers.Integral):
+        raise ValueError(f"warmup_steps must be an int; got {warmup_steps!r}.")
     if warmup_steps and name != "warmup_cosine":
         raise ValueError(
             f"warmup_steps applies only to schedule 'warmup_cosine'; got warmup_steps="
@@ -106,16 +109,33 @@ def make_optimizer(
     schedule: str = "constant",
     total_steps: int | None = None,
     warmup_steps: int = 0,
-    momentum: float = 0.9,
-    weight_decay: float = 1e-4,
+    momentum: float | None = None,
+    weight_decay: float | None = None,
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """``clip_by_global_norm(clip_norm)`` (if given) chained with the named optimizer.
 
     Returns ``(optimizer, schedule)``; the schedule maps a step to its learning rate.
     Pascanu et al. (2013) clip: if ``||g|| > clip_norm``, ``g <- clip_norm g / ||g||``.
+    ``momentum`` (``"momentum"`` only; default 0.9, in ``[0, 1)``) and ``weight_decay``
+    (``"adamw"`` only; default 1e-4, ``>= 0``) given to another optimizer are errors.
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}; got {name!r}.")
+    for option, value, owner in (
+        ("momentum", momentum, "momentum"),
+        ("weight_decay", weight_decay, "adamw"),
+    ):
+        if value is not None and name != owner:
+            raise ValueError(
+                f"{option} applies to optimizer {owner!r} only; got {option}={value!r} "
+                f"with {name!r}, which would ignore it."
+            )
+    momentum = 0.9 if momentum is None else momentum
+    weight_decay = 1e-4 if weight_decay is None else weight_decay
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"momentum must lie in [0, 1); got {momentum!r}.")
+    if not 0.0 <= weight_decay < math.inf:
+        raise ValueError(f"weight_decay must be a finite number >= 0; got {weight_decay!r}.")
     if clip_norm is not None and not clip_norm > 0:
         raise ValueError(f"clip_norm must be > 0 or None (no clipping); got {clip_norm!r}.")
     lr = make_schedule(
@@ -173,9 +193,8 @@ def make_train_step(
     """
 
     def step(state: TrainState, batch) -> tuple[TrainState, dict]:
-        leading = [jnp.shape(x)[:1] for x in jax.tree.leaves(batch)]
-        if len(set(leading)) > 1:
-            raise ValueError(f"every array of batch must share the batch size; got {leading}.")
+        # The batch is whatever loss_fn takes (time-major inputs with [B] lengths, a
+        # scalar option): its arrays' shapes are loss_fn's to check.
         key = jax.random.fold_in(state_key(state), state.step)
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, key)
         chex.assert_shape(loss, ())
@@ -256,9 +275,16 @@ def fit(
       NonFiniteError: the loss or gradient norm of an update was NaN or inf; that update
         is discarded and nothing is saved, so the last good checkpoint stays the latest.
     """
-    if not isinstance(num_steps, int) or num_steps < 0:
+    if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral) or num_steps < 0:
         raise ValueError(f"num_steps must be an int >= 0; got {num_steps!r}.")
+    num_steps = int(num_steps)
     start = current_step(state)
+    if start > num_steps:
+        raise ValueError(
+            f"num_steps ({num_steps}) is the run's total number of updates, and the state "
+            f"has already made {start}: nothing to train (a smaller total cannot be "
+            "reached by training)."
+        )
     # Steps this call saved. A step already in the directory from before (one that was
     # unreadable, so the run resumed from an earlier one) is saved again, replacing it.
     saved: set[int] = set()
@@ -275,8 +301,9 @@ def fit(
             except AssertionError:
                 raise NonFiniteError(
                     f"non-finite loss or gradient at update {step + 1} (from state at step "
-                    f"{step}): loss={metrics['loss']}, grad_norm={metrics['grad_norm']}. "
-                    "The update was discarded; the last checkpoint is untouched.",
+                    f"{step}){_which_seeds(metrics)}: loss={metrics['loss']}, "
+                    f"grad_norm={metrics['grad_norm']}. The update was discarded (for every "
+                    "seed of a vmapped run); the last checkpoint is untouched.",
                     step,
                 ) from None
             state = new_state
@@ -299,11 +326,25 @@ def fit(
                 if bar is not None:
                     bar.close()
                 raise TrainingInterrupted(done, caught[0] if caught else None)
-    if bar is not None:
-        bar.close()
-    if checkpointer is not None and num_steps > start and num_steps not in saved:
-        checkpointer.save(num_steps, state)
+        # The final save under the same signal handling: a signal that arrives during
+        # it lets it finish, then stops the run as one between updates does.
+        if checkpointer is not None and num_steps > start and num_steps not in saved:
+            checkpointer.save(num_steps, state)
+        if bar is not None:
+            bar.close()
+        if _any_process(bool(caught)):
+            raise TrainingInterrupted(num_steps, caught[0] if caught else None)
     return state
+
+
+def _which_seeds(metrics: dict) -> str:
+    """`` in seeds [i, ...] (of n)`` where the loss is one per seed (vmap_seeds)."""
+    bad = ~(
+        np.isfinite(np.asarray(metrics["loss"])) & np.isfinite(np.asarray(metrics["grad_norm"]))
+    )
+    if bad.ndim != 1:
+        return ""
+    return f" in seeds {np.flatnonzero(bad).tolist()} (of {bad.size}, counted from 0)"
 
 
 def _any_process(flag: bool) -> bool:

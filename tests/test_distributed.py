@@ -154,8 +154,17 @@ def test_errors_name_the_problem():
         distributed.data_mesh(len(jax.devices()) + 1)
     with pytest.raises(ValueError, match="layout must be one of"):
         distributed.parallel_step(lambda s, b: (s, b), mesh, "model")
-    with pytest.raises(ValueError, match=r"has shape \(3,\): dimension 1 must exist"):
+    with pytest.raises(ValueError, match=r"value\['x'\] has shape \(3,\): dimension 1 must exist"):
         distributed.shard({"x": np.zeros(3)}, mesh, 1)
+    # A negative axis was checked from the end but split dimension 0.
+    with pytest.raises(ValueError, match=r"axis to split batch along must be an int >= 0; got -1"):
+        distributed.shard(np.zeros((4, 2)), mesh, -1, name="batch")
+    # NumPy counts are counts; a repeated device is refused (it failed later, elsewhere).
+    assert distributed.data_mesh(np.int64(1)).size == 1
+    with pytest.raises(ValueError, match="devices must be distinct"):
+        distributed.data_mesh([jax.devices()[0]] * 2)
+    with pytest.raises(ValueError, match="devices must be a count, a list of devices or None"):
+        distributed.data_mesh(True)
     with pytest.raises(ValueError, match=r"\['b'\] has shape \(\): dimension 0 \(seeds\)"):
         distributed.state_shardings({"a": np.zeros(2), "b": np.float32(0)}, mesh, "seeds")
     with pytest.raises(ValueError, match="layout must be one of"):

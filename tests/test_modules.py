@@ -76,3 +76,17 @@ def test_unknown_head(xs):
     model = SequenceModel(rnnjax.make_layer("gru", H), num_outputs=1, head="middle")
     with pytest.raises(ValueError, match=r"head must be one of \('each', 'last'\); got 'middle'"):
         model.init(jax.random.key(0), xs)
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"embed_dim": 0}, "embed_dim must be a positive int; got 0"),  # was the layer's width
+        ({"embed_dim": -1}, "embed_dim must be a positive int; got -1"),  # was an MLIRError
+        ({"vocab_size": 0}, "vocab_size must be a positive int; got 0"),
+    ],
+)
+def test_sequence_model_embedding_sizes(kw, match):
+    model = SequenceModel(rnnjax.make_layer("gru", 4), 3, **{"vocab_size": 5, **kw})
+    with pytest.raises(ValueError, match=match):
+        model.init(jax.random.key(0), jnp.array([[1, 2, 3]]))

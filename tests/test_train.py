@@ -104,7 +104,7 @@ def test_schedules():
     [
         ({"name": "adamax"}, r"optimizer must be one of \['sgd', 'momentum', 'adam'"),
         ({"clip_norm": 0.0}, "clip_norm must be > 0 or None"),
-        ({"learning_rate": -1.0}, "learning_rate must be > 0"),
+        ({"learning_rate": -1.0}, "learning_rate must be a finite number > 0"),
         ({"schedule": "step"}, "schedule must be one of"),
         ({"schedule": "cosine"}, "schedule 'cosine' needs total_steps >= 1"),
         # Silently ignored before: a run's config said warm-up, and none ran.
@@ -294,3 +294,98 @@ def test_vmapped_seeds_equal_separate_runs():
         )
         chex.assert_trees_all_close(jax.tree.map(lambda a: a[s], new), one, rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(metrics["loss"][s], m["loss"], rtol=1e-6)
+
+
+def test_train_step_takes_any_batch_the_loss_takes():
+    """A time-major batch ([T, B, I] inputs with [B] lengths) and a scalar option: the
+    step refused both (it demanded one leading size for every array)."""
+    cell = rnnjax.lstm(4)
+    params = cell.init(jax.random.key(0), 3)
+    opt, sched = tr.make_optimizer("adam", 1e-2)
+
+    def loss_fn(p, batch, key):
+        ys = rnnjax.scan(cell, p, batch["xs"], lengths=batch["lengths"], time_major=True)[1]
+        return batch["scale"] * jnp.mean(ys**2), {}
+
+    batch = {
+        "xs": jax.random.normal(jax.random.key(1), (5, 2, 3)),
+        "lengths": jnp.array([5, 3]),
+        "scale": jnp.float32(2.0),
+    }
+    step = jax.jit(tr.make_train_step(loss_fn, opt, schedule=sched))
+    state, metrics = step(tr.init_state(params, opt, jax.random.key(2)), batch)
+    want = jax.grad(lambda p: loss_fn(p, batch, None)[0])(params)
+    assert float(metrics["grad_norm"]) == pytest.approx(float(optax.tree.norm(want)), rel=1e-6)
+
+
+def _fake_run(nan_seed=None, seeds=3):
+    """A vmapped-looking state and a step whose loss is NaN for ``nan_seed``."""
+    state = tr.TrainState(jnp.zeros((seeds,), jnp.int32), {"w": jnp.zeros(seeds)}, (), None)
+
+    def step(state, batch):
+        loss = jnp.ones(seeds)
+        if nan_seed is not None:
+            loss = loss.at[nan_seed].set(jnp.nan)
+        metrics = {"loss": loss, "grad_norm": jnp.ones(seeds)}
+        return state._replace(step=state.step + 1), metrics
+
+    return state, step
+
+
+def test_fit_checks_num_steps_and_names_the_seed_that_diverged(tmp_path):
+    state, step = _fake_run()
+    batch_fn = lambda s: None  # noqa: E731
+    done = tr.fit(state, step, batch_fn, num_steps=np.int64(2), progress=False)
+    assert tr.current_step(done) == 2
+    with pytest.raises(ValueError, match=r"num_steps \(1\) is the run's total .* already made 2"):
+        tr.fit(done, step, batch_fn, num_steps=1, progress=False)  # returned silently before
+    with pytest.raises(ValueError, match="num_steps must be an int >= 0; got True"):
+        tr.fit(state, step, batch_fn, num_steps=True, progress=False)
+    state, step = _fake_run(nan_seed=1)
+    with pytest.raises(tr.NonFiniteError, match=r"at update 1 .* in seeds \[1\] \(of 3"):
+        tr.fit(state, step, batch_fn, num_steps=3, progress=False)
+
+
+def test_a_signal_during_the_final_save_still_saves_and_stops_cleanly(tmp_path):
+    """The final checkpoint ran outside the signal handling: a Ctrl-C during it escaped
+    as a bare KeyboardInterrupt and the last step was lost."""
+
+    class InterruptedSave(Checkpointer):
+        def save(self, step, state, **kw):
+            if step == 5:
+                os.kill(os.getpid(), signal.SIGINT)
+            super().save(step, state, **kw)
+
+    state0, step, batch_fn, _ = setup()
+    with InterruptedSave(tmp_path) as ckpt:
+        with pytest.raises(tr.TrainingInterrupted) as info:
+            _run(state0, step, batch_fn, 5, ckpt, save_every=2)
+        assert info.value.step == 5 and ckpt.steps() == [2, 4, 5]
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"name": "adam", "momentum": 0.5}, "momentum applies to optimizer 'momentum' only"),
+        ({"name": "sgd", "weight_decay": 0.1}, "weight_decay applies to optimizer 'adamw' only"),
+        ({"name": "momentum", "momentum": 1.5}, r"momentum must lie in \[0, 1\); got 1.5"),
+        ({"name": "adamw", "weight_decay": -1.0}, "weight_decay must be a finite number >= 0"),
+        ({"learning_rate": float("inf")}, "learning_rate must be a finite number > 0"),
+        (
+            {"schedule": "warmup_cosine", "total_steps": 10, "warmup_steps": 1.5},
+            "warmup_steps must be an int; got 1.5",
+        ),
+    ],
+)
+def test_optimizer_options_that_would_be_ignored_or_are_out_of_range(kw, match):
+    with pytest.raises(ValueError, match=match):
+        tr.make_optimizer(**kw)
+    # Given to the optimizer that uses it, the option is the setting: optax's own.
+    opt, _ = tr.make_optimizer("momentum", 0.1, momentum=0.5)
+    ref = optax.sgd(0.1, momentum=0.5)
+    params, grads = {"w": jnp.zeros(2)}, {"w": jnp.array([1.0, -2.0])}
+    s_opt, s_ref = opt.init(params), ref.init(params)
+    for _ in range(3):
+        u_opt, s_opt = opt.update(grads, s_opt, params)
+        u_ref, s_ref = ref.update(grads, s_ref, params)
+    np.testing.assert_allclose(u_opt["w"], u_ref["w"], rtol=1e-6)
