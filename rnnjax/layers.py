@@ -28,12 +28,15 @@ class Layer(NamedTuple):
         ``ys [*batch, T, output_size]``; ``key`` drives dropout where there is any
         (``None``: deterministic, e.g. at evaluation).
       output_size: feature size of ``ys``.
+      stochastic: whether ``apply`` draws from ``key`` (dropout somewhere inside), so
+        callers ask for a key only where it is used.
     """
 
     init: Callable[..., PyTree]
     initial_carry: Callable[..., PyTree]
     apply: Callable[..., tuple[PyTree, Array]]
     output_size: int
+    stochastic: bool = False
 
 
 class BidirectionalParams(NamedTuple):
@@ -174,7 +177,8 @@ def stack(layers: Sequence[Layer], *, dropout_rate: float = 0.0) -> Layer:
                 xs = jnp.where(keep, xs / (1.0 - dropout_rate), jnp.zeros_like(xs))
         return tuple(finals), xs
 
-    return Layer(init, initial_carry, apply, layers[-1].output_size)
+    stochastic = (dropout_rate > 0.0 and n > 1) or any(layer.stochastic for layer in layers)
+    return Layer(init, initial_carry, apply, layers[-1].output_size, stochastic)
 
 
 def final_hidden(carry: PyTree) -> Array:

@@ -46,7 +46,9 @@ class Recurrent(nn.Module):
     @nn.compact
     def __call__(self, xs, lengths=None, initial_carry=None, *, deterministic: bool = True):
         params = self.param("layer", self.layer.init, jnp.shape(xs)[-1])
-        key = None if deterministic else self.make_rng("dropout")
+        # A key only where the layer draws from one: a layer without dropout runs with
+        # deterministic=False and no "dropout" rng, as Flax's own Dropout at rate 0 does.
+        key = None if deterministic or not self.layer.stochastic else self.make_rng("dropout")
         return self.layer.apply(params, xs, initial_carry, lengths=lengths, key=key)
 
 

@@ -72,6 +72,22 @@ def test_dropout_uses_the_dropout_stream(xs):
     assert not np.allclose(a, det) and not np.allclose(a, b)
 
 
+def test_a_layer_without_dropout_needs_no_dropout_rng(xs):
+    """deterministic=False asked for a "dropout" rng even where nothing draws from it (a
+    single layer); a stack with dropout still needs one."""
+    single = SequenceModel(rnnjax.make_layer("gru", H, dropout_rate=0.5), num_outputs=1)
+    params = single.init(jax.random.key(5), xs)
+    np.testing.assert_array_equal(
+        single.apply(params, xs, deterministic=False), single.apply(params, xs)
+    )
+    stacked = SequenceModel(rnnjax.make_layer("gru", H, num_layers=2, dropout_rate=0.5), 1)
+    params = stacked.init(jax.random.key(5), xs)
+    with pytest.raises(Exception, match="dropout"):
+        stacked.apply(params, xs, deterministic=False)
+    nested = rnnjax.stack([rnnjax.make_layer("gru", H, num_layers=2, dropout_rate=0.5)])
+    assert nested.stochastic and not rnnjax.make_layer("lstm", H, bidirectional=True).stochastic
+
+
 def test_unknown_head(xs):
     model = SequenceModel(rnnjax.make_layer("gru", H), num_outputs=1, head="middle")
     with pytest.raises(ValueError, match=r"head must be one of \('each', 'last'\); got 'middle'"):
