@@ -71,6 +71,27 @@ def parse_config(
     return (config, preset, set(given)) if with_given else (config, preset)
 
 
+def build(cfg, build_task, build_model):
+    """The run's task, model, optimizer, learning-rate schedule and clipping threshold
+    (``None``: off), from ``cfg``'s shared training fields; before any run folder
+    exists, so a bad option the library finds is a usage error and leaves nothing."""
+    from rnnjax import train as tr
+
+    clip = cfg.clip_norm if cfg.clip_norm > 0 else None
+    with usage_errors():
+        task = build_task(cfg)
+        model = build_model(cfg, task)
+        optimizer, schedule = tr.make_optimizer(
+            cfg.optimizer,
+            cfg.learning_rate,
+            clip_norm=clip,
+            schedule=cfg.schedule,
+            total_steps=max(cfg.steps, 1),
+            warmup_steps=cfg.warmup_steps,
+        )
+    return task, model, optimizer, schedule, clip
+
+
 @contextlib.contextmanager
 def usage_errors(prog: str | None = None):
     """Turn a ``ValueError`` (a bad option, found by the config or by the library while

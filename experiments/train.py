@@ -217,18 +217,7 @@ def main(argv=None) -> int:
     if cfg.keep_freed_memory:  # before JAX starts its threads
         common.keep_freed_memory()
     common.join_processes()  # before any other JAX call: a multi-process run, if launched as one
-    clip = cfg.clip_norm if cfg.clip_norm > 0 else None
-    with common.usage_errors():  # a bad option the library finds: no traceback, no folder
-        task = build_task(cfg)
-        model = build_model(cfg, task)
-        optimizer, schedule = tr.make_optimizer(
-            cfg.optimizer,
-            cfg.learning_rate,
-            clip_norm=clip,
-            schedule=cfg.schedule,
-            total_steps=max(cfg.steps, 1),
-            warmup_steps=cfg.warmup_steps,
-        )
+    task, model, optimizer, schedule, clip = common.build(cfg, build_task, build_model)
     run = common.RunDir(Path(cfg.out) / cfg.run_name)
 
     seeds = np.arange(cfg.seed, cfg.seed + cfg.seeds)
