@@ -228,6 +228,8 @@ class RunDir:
 
         self.path = Path(path)
         self.primary = distributed.is_primary() if primary is None else primary
+        # The wall time of the run's earlier segments (start_or_resume; None: unknown).
+        self.earlier_wall_s: float | None = 0.0
         self.path.mkdir(parents=True, exist_ok=True)
 
     def write_json(self, name: str, obj) -> Path:
@@ -294,7 +296,7 @@ def start_or_resume(run: RunDir, ckpt, state, cfg, logs=("metrics.jsonl", "eval.
         _clear(run, logs)
         return state
     if ckpt.steps():
-        _check_same_config(run, cfg)
+        check_same_config(run, cfg)
     restored = ckpt.restore_latest(state)
     if restored is None:
         print(f"--resume: no usable checkpoint in {ckpt.directory}; starting from step 0")
@@ -331,7 +333,7 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def _check_same_config(run: RunDir, cfg) -> None:
+def check_same_config(run: RunDir, cfg) -> None:
     saved = _read_json(run.path / "config.json").get("config")
     if saved is None:
         return
@@ -474,7 +476,7 @@ def train_loop(
         if eval_every and step % eval_every == 0 and step != num_steps:
             log_eval(step, state)
 
-    earlier = getattr(run, "earlier_wall_s", 0.0)
+    earlier = run.earlier_wall_s
     t0 = time.perf_counter()
     status, message, exit_code, done = "done", "", 0, num_steps
     try:

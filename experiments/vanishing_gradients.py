@@ -1085,7 +1085,7 @@ def main(argv=None) -> int:
     folder = out / "units"
     done = sorted(folder.glob("*.pkl")) if folder.exists() else []
     if cfg.resume:
-        common._check_same_config(common.RunDir(out, primary=False), cfg)
+        common.check_same_config(common.RunDir(out, primary=False), cfg)
     elif done and not (out / "summary.json").exists():
         raise SystemExit(
             f"{out} holds an unfinished study ({len(done)} measurements in {folder}): pass "

@@ -242,8 +242,7 @@ class Seq2Seq(nn.Module):
     def __call__(
         self, src, src_lengths, tgt_in, *, sampling_rate: float = 0.0, deterministic: bool = True
     ):
-        _check_tokens("tgt_in", tgt_in)
-        check_token_ids("tgt_in", tgt_in, self.tgt_vocab)
+        _check_tokens("tgt_in", tgt_in)  # its ids: teacher_force checks them, once
         if jnp.shape(tgt_in)[0] != jnp.shape(src)[0]:
             raise ValueError(
                 f"tgt_in [B, L] and src [B, S] must share the batch size; got "

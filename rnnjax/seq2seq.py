@@ -194,7 +194,7 @@ def decoder(
     ):
         if jnp.ndim(tokens) != 2:
             raise ValueError(f"tokens must have shape [B, L]; got {jnp.shape(tokens)}.")
-        check_token_ids("tokens", tokens, vocab_size)
+        check_token_ids("tokens (the decoder's inputs, tgt_in)", tokens, vocab_size)
         if sampling_rate and key is None:
             raise ValueError("scheduled sampling (sampling_rate > 0) needs a key.")
         if attention is None and not sampling_rate:

@@ -437,13 +437,13 @@ def test_token_ids_beyond_the_vocabulary_are_errors_not_nan():
     logits = model.apply(variables, src, lengths, tgt)[0]
     assert logits.shape == (2, 3, 7) and np.isfinite(logits).all()
     for args, name, bad in [
-        ((src, lengths, tgt.at[0, 0].set(7)), "tgt_in", 7),
+        ((src, lengths, tgt.at[0, 0].set(7)), r"tokens \(the decoder's inputs, tgt_in\)", 7),
         ((src.at[1, 2].set(-1), lengths, tgt), "src", -1),
-        ((src, lengths, tgt.at[1, 1].set(-3)), "tgt_in", -3),
+        ((src, lengths, tgt.at[1, 1].set(-3)), r"tokens \(the decoder's inputs, tgt_in\)", -3),
     ]:
         with pytest.raises(ValueError, match=rf"{name} must hold token ids in \[0, 7\).*\[{bad}\]"):
             model.apply(variables, *args)
-    with pytest.raises(Exception, match=r"tgt_in must hold token ids in \[0, 7\)"):
+    with pytest.raises(Exception, match=r"tgt_in\) must hold token ids in \[0, 7\)"):
         jitted = jax.jit(lambda t: model.apply(variables, src, lengths, t))
         jax.block_until_ready(jitted(tgt.at[0, 0].set(9)))
     memory, state = model.apply(variables, src, lengths, method=model.encode)
