@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from report import allocator_text  # noqa: E402
+from report import allocator_text
 
 
 def compare(a: dict, b: dict) -> list[dict]:

@@ -11,7 +11,7 @@ For each benchmark size and cell, rnnjax's training step (the benchmark's loss, 
 XLA:CPU allocates a step's temporaries as one block per call. glibc serves a block
 above its mmap threshold (which it raises by itself only up to 32 MiB) with fresh pages
 each time, so every page of it faults on every call; a block above 64 MiB from a
-thread's own arena, always. ``--keep_freed_memory`` (``common.keep_freed_memory``) sets
+thread's own arena, always. ``--keep_freed_memory`` (``lab.keep_freed_memory``) sets
 one malloc arena and glibc's mmap and trim thresholds to 1 GiB with ``mallopt`` before
 JAX starts, so freed blocks stay in the process and are reused (the resident set then
 stays at its peak). Writes ``page_faults.json`` (with the environment) and
@@ -28,10 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import run  # noqa: E402  (the benchmark's sizes, the allocator record)
+import run  # the benchmark's sizes, the allocator record
 
 SIZES = {k: run.CONFIGS[k] for k in ("small", "medium", "large")}
 CELLS = ("rnn", "gru", "lstm")
@@ -144,7 +141,7 @@ def main(argv=None) -> int:
                 f"{row['faults_per_call']:,.1f} faults per call, {row['median_ms']:.2f} ms",
                 flush=True,
             )
-    record["environment"] = run.common.environment()
+    record["environment"] = run.lab.environment()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "page_faults.json").write_text(json.dumps(record, indent=2))
     (args.out / "page_faults.md").write_text(markdown(record))

@@ -32,9 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import run  # noqa: E402  (the benchmark's sizes, data, environment and allocator record)
+import run  # the benchmark's sizes, data, environment and allocator record
 
 CPU_TRACE_FLAG = "--xla_cpu_enable_xprof_traceme=true"
 JAX_BACKENDS = ("rnnjax", "flax", "equinox", "cudnn") + run.peers.VARIANTS

@@ -10,10 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from peers import is_ours  # noqa: E402
+from peers import is_ours
 
 MODES = {
     "train": "Training step (forward over the whole sequence, loss, backward for all weights)",
@@ -355,7 +352,7 @@ def gate_table(record: dict) -> list[str]:
 
 def allocator_text(alloc: dict) -> str:
     """``run.allocator()``'s record in words: the C library, the variables the process
-    started with, and what ``common.keep_freed_memory`` set with ``mallopt``."""
+    started with, and what ``lab.keep_freed_memory`` set with ``mallopt``."""
     parts = [f"{k}={v}" for k, v in alloc.items() if k not in ("libc", "mallopt")]
     if alloc.get("mallopt"):
         kept = ", ".join(f"{k}={v}" for k, v in alloc["mallopt"].items())

@@ -47,14 +47,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import peers
+
+from rnnjax import lab
+from rnnjax.lab import keep_freed_memory  # noqa: F401  (page_faults.py, --keep_freed_memory)
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "experiments"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
-import peers  # noqa: E402
-from common import keep_freed_memory  # noqa: E402, F401  (page_faults.py, --keep_freed_memory)
 
 # (batch, steps, input size, hidden size)
 CONFIGS = {
@@ -324,10 +322,11 @@ def matmul_peak(n: int, repeats: int = 10) -> dict:
 
 
 def environment() -> dict:
-    import common
     import jax
 
-    env = common.environment()
+    from rnnjax import lab
+
+    env = lab.environment()
     try:
         import equinox
 
@@ -371,7 +370,7 @@ def allocator() -> dict:
     return {
         "libc": f"{libc} {version}".strip() or None,
         **{k: os.environ[k] for k in ALLOCATOR_VARIABLES if k in os.environ},
-        **({"mallopt": dict(common.KEPT)} if common.KEPT else {}),
+        **({"mallopt": dict(lab.KEPT)} if lab.KEPT else {}),
     }
 
 

@@ -28,9 +28,6 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "experiments"))
-
 
 def worker(args) -> dict:
     import jax
@@ -114,7 +111,7 @@ def main(argv=None) -> None:
         print(json.dumps(worker(args)))
         return
 
-    import common
+    from rnnjax import lab
 
     counts = [int(c) for c in args.devices.split(",")]
     rows = []
@@ -135,7 +132,7 @@ def main(argv=None) -> None:
         rows[-1]["xla_flags"] = env.get("XLA_FLAGS", "")  # the worker's, not this process's
         print(f"{n} device(s): {rows[-1]['results']}", flush=True)
 
-    env = common.environment()
+    env = lab.environment()
     base = {layout: rows[0]["results"][layout]["median_s"] for layout in rows[0]["results"]}
     base["sharded"] = base["data"]  # one device holds everything either way
     lines = [

@@ -23,22 +23,19 @@ import sys
 import time
 from pathlib import Path
 
+import common
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
-
-import rnnjax  # noqa: E402
-from rnnjax import distributed  # noqa: E402
-from rnnjax import train as tr  # noqa: E402
-from rnnjax.attention import ATTENTIONS  # noqa: E402
-from rnnjax.checkpoint import Checkpointer  # noqa: E402
-from rnnjax.modules import count_params, make_seq2seq  # noqa: E402
-from rnnjax.tasks.base import masked_accuracy, masked_xent, step_mask  # noqa: E402
-from rnnjax.tasks.translation import addition, dates, reversal  # noqa: E402
+import rnnjax
+from rnnjax import distributed
+from rnnjax import train as tr
+from rnnjax.attention import ATTENTIONS
+from rnnjax.checkpoint import Checkpointer
+from rnnjax.modules import count_params, make_seq2seq
+from rnnjax.tasks.base import masked_accuracy, masked_xent, step_mask
+from rnnjax.tasks.translation import addition, dates, reversal
 
 TASKS = ("addition", "reversal", "dates")
 
@@ -90,8 +87,10 @@ class Config:
         if self.task not in TASKS:
             raise ValueError(f"--task must be one of {TASKS}; got {self.task!r}.")
         for cell in (self.cell, self.decoder_cell or self.cell):
-            if cell not in rnnjax.CELLS:
-                raise ValueError(f"--cell must be one of {sorted(rnnjax.CELLS)}; got {cell!r}.")
+            if cell not in rnnjax.cells.names():
+                raise ValueError(
+                    f"--cell must be one of {list(rnnjax.cells.names())}; got {cell!r}."
+                )
         if self.attention not in ("none",) + ATTENTIONS:
             raise ValueError(
                 f"--attention must be one of {('none',) + ATTENTIONS}; got {self.attention!r}."

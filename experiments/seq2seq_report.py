@@ -12,13 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from seq2seq import Config  # noqa: E402
-from train_report import command_line  # noqa: E402
+from seq2seq import Config
+from train_report import command_line
 
 
 def _load(runs):

@@ -17,20 +17,17 @@ import dataclasses
 import sys
 from pathlib import Path
 
+import common
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
-
-import rnnjax  # noqa: E402
-from rnnjax import distributed  # noqa: E402
-from rnnjax import train as tr  # noqa: E402
-from rnnjax.checkpoint import Checkpointer  # noqa: E402
-from rnnjax.modules import SequenceModel, count_params  # noqa: E402
-from rnnjax.tasks import make_task  # noqa: E402
+import rnnjax
+from rnnjax import distributed
+from rnnjax import train as tr
+from rnnjax.checkpoint import Checkpointer
+from rnnjax.modules import SequenceModel, count_params
+from rnnjax.tasks import make_task
 
 
 @dataclasses.dataclass
@@ -90,8 +87,10 @@ class Config:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"--dropout must lie in [0, 1); got {self.dropout}.")
-        if self.cell not in rnnjax.CELLS:
-            raise ValueError(f"--cell must be one of {sorted(rnnjax.CELLS)}; got {self.cell!r}.")
+        if self.cell not in rnnjax.cells.names():
+            raise ValueError(
+                f"--cell must be one of {list(rnnjax.cells.names())}; got {self.cell!r}."
+            )
 
     # The tasks each task-specific option reaches (build_task, build_model).
     APPLIES = {

@@ -11,12 +11,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
+import common
 
 METRIC_ORDER = ("mse", "accuracy", "bpc", "loss")
 

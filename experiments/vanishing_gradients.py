@@ -3,7 +3,7 @@
     python experiments/vanishing_gradients.py            # ~5 min on a 2-core CPU
     python experiments/vanishing_gradients.py --full     # paper-size, for an accelerator
 
-Compares every cell of ``rnnjax.CELLS`` on the adding problem (REFERENCE.md 2, 4):
+Compares every cell of the catalogue (``rnnjax.cells.names()``) on the adding problem (REFERENCE.md 2, 4):
 
 1. at initialisation, over sequence lengths and seeds: ``||dL/dh_t||`` against the
    distance ``T - t`` (one backward pass), its per-step decay factor, the ratio
@@ -29,24 +29,21 @@ import sys
 import time
 from pathlib import Path
 
+import common
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
-
-import rnnjax  # noqa: E402
-from rnnjax import diagnostics as dg  # noqa: E402
-from rnnjax import train as tr  # noqa: E402
-from rnnjax.modules import SequenceModel  # noqa: E402
-from rnnjax.tasks import make_task  # noqa: E402
+import rnnjax
+from rnnjax import diagnostics as dg
+from rnnjax import train as tr
+from rnnjax.modules import SequenceModel
+from rnnjax.tasks import make_task
 
 
 @dataclasses.dataclass
 class Config:
-    cells: tuple = tuple(rnnjax.CELLS)  # every cell the library has
+    cells: tuple = tuple(rnnjax.cells.names())  # every cell in the catalogue
     hidden_size: int = 64
     lengths: tuple = (50, 100, 200, 400)  # gradient flow at initialisation
     seeds: int = 3
@@ -71,10 +68,10 @@ class Config:
     resume: bool = False
 
     def validate(self) -> None:
-        unknown = set(self.cells) - set(rnnjax.CELLS)
+        unknown = set(self.cells) - set(rnnjax.cells.names())
         if unknown or not self.cells:
             raise ValueError(
-                f"--cells must be names from {sorted(rnnjax.CELLS)}; got {list(self.cells)}."
+                f"--cells must be names from {list(rnnjax.cells.names())}; got {list(self.cells)}."
             )
         bad = [f for f in self.forget_biases if f not in ("0", "1", "chrono")]
         if bad:
@@ -109,7 +106,7 @@ class Config:
                     f"--{', --'.join(named)}: the forget-bias ablation needs lstm in --cells; "
                     f"got {list(self.cells)}."
                 )
-        if not any(rnnjax.make_cell(n, 1).gates is None for n in self.cells):
+        if all(rnnjax.make_cell(n, 1).gated for n in self.cells):
             named = sorted(given & {"clip_norm", "clip_steps", "clip_scales"})
             if named:
                 raise ValueError(
@@ -159,11 +156,15 @@ def variant(
     max_timescale: int = 100,
     key=None,
 ):
-    """Initial params of a variant: ``W_h <- g W_h`` (orthogonal blocks scaled by g); the
-    LSTM's forget-gate bias set to 0, 1 or chrono (Tallec & Ollivier 2018)."""
+    """Initial params of a variant: the recurrence scaled by ``g`` as the cell declares
+    (``cell.recurrent_scale``; ``W_h <- g W_h`` for the classic cells); the LSTM's
+    forget-gate bias set to 0, 1 or chrono (Tallec & Ollivier 2018)."""
     cell_params = params["rnn"]["layer"][0]
     if scale is not None:
-        cell_params = cell_params._replace(w_h=scale * cell_params.w_h)
+        cell = get_cell(name, cell_params.w_h.shape[-2] if hasattr(cell_params, "w_h") else 1)
+        if cell.recurrent_scale is None:
+            raise ValueError(f"the {name} cell declares no recurrent scale (cell.recurrent_scale).")
+        cell_params = cell.recurrent_scale(cell_params, scale)
     if name == "lstm" and forget != "1":
         H = cell_params.w_h.shape[-2]
         seeds = cell_params.b.shape[:-1]
@@ -549,7 +550,7 @@ def jacobian_method(cfg: Config) -> str:
 
 
 def clip_cells(cfg: Config) -> list[str]:
-    return [n for n in cfg.cells if get_cell(n, cfg.hidden_size).gates is None]
+    return [n for n in cfg.cells if not get_cell(n, cfg.hidden_size).gated]
 
 
 def clip_fraction(history, threshold, num_seeds):

@@ -1,12 +1,13 @@
 """rnnjax: recurrent networks as pure JAX functions.
 
-Cells (``elman``, ``lstm``, ``gru``) are NamedTuples of pure functions; :func:`scan`
-drives any cell over time; :mod:`rnnjax.layers` composes cells into bidirectional and
-stacked layers over the same driver.
+Cells (``elman``, ``lstm``, ``gru``, and every family in the catalogue,
+:mod:`rnnjax.cells`) are NamedTuples of pure functions; :func:`scan` drives any cell
+over time, validating, planning (:func:`plan`) and running; :mod:`rnnjax.layers`
+composes cells into bidirectional and stacked layers over the same driver.
 """
 
+from rnnjax import cells
 from rnnjax.cells import (
-    CELLS,
     Cell,
     ElmanParams,
     GRUParams,
@@ -29,12 +30,12 @@ from rnnjax.layers import (
     stack,
 )
 from rnnjax.readout import ReadoutParams, readout, readout_init
-from rnnjax.scan import Perturbation, scan
+from rnnjax.scan import Perturbation, Plan, plan, scan
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CELLS",
+    "cells",
     "final_hidden",
     "make_cell",
     "make_layer",
@@ -47,12 +48,14 @@ __all__ = [
     "LSTMParams",
     "Layer",
     "Perturbation",
+    "Plan",
     "ReadoutParams",
     "bidirectional",
     "chrono_bias_init",
     "elman",
     "gru",
     "lstm",
+    "plan",
     "readout",
     "readout_init",
     "recurrent",

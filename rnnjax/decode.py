@@ -23,8 +23,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rnnjax.tasks.vocab import BOS, EOS, PAD
-
 Array = jax.Array
 StepFn = Callable[[Any, Any, Array], tuple[Any, Array]]
 
@@ -114,9 +112,9 @@ def greedy(
     state: Any,
     *,
     max_len: int,
-    bos: int = BOS,
-    eos: int = EOS,
-    pad: int = PAD,
+    bos: int,
+    eos: int,
+    pad: int,
     banned: Sequence[int] | None = None,
 ) -> Decoded:
     """The most probable next token at every step, for a batch at once."""
@@ -158,9 +156,9 @@ def beam_search(
     beam_width: int,
     max_len: int,
     alpha: float = 0.0,
-    bos: int = BOS,
-    eos: int = EOS,
-    pad: int = PAD,
+    bos: int,
+    eos: int,
+    pad: int,
     banned: Sequence[int] | None = None,
 ) -> tuple[Decoded, Beams]:
     """Keep the ``beam_width`` best prefixes of every example at every step.

@@ -269,10 +269,13 @@ def gate_stats(
       ``"update"``, ``"candidate"``.
 
     Raises:
-      ValueError: for a cell without gates (the Elman RNN).
+      ValueError: for a cell that declares no gates (``cell.gates``; the Elman RNN).
     """
     if cell.gates is None:
-        raise ValueError(f"cell {cell.name!r} has no gates; gate_stats needs an LSTM or GRU.")
+        raise ValueError(
+            f"cell {cell.name!r} declares no gates (cell.gates); gate_stats needs a gated "
+            "cell such as the LSTM or GRU."
+        )
     num_steps, batch_shape = _num_steps_and_batch(xs)
     xs_tm = jnp.moveaxis(xs, -2, 0)
     start = _start_carry(cell, params, xs_tm, carry, batch_shape)

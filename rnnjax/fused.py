@@ -11,10 +11,11 @@ gradient, ``h_{t-1}^T dz_t``, a small ``[H, B] x [B, G*H]`` matmul added into a
 as cuDNN does. The input projection's gradients (``dW_x = X^T dXP``, ``dX = dXP W_x^T``)
 are one matmul each after the loop too, wherever the forward ran the projection.
 
-It needs the cell's recurrence split at its one recurrent matmul, ``z_t = h_{t-1} W_h``
-(``cell.recur_z``, with ``params.w_h`` and ``cell.output(carry) = h``); cells without it
-use the plain scan. Where the cell also writes its step's backward out
-(``cell.recur_z_vjp``: the LSTM, GRU and Elman cells), the forward saves what that
+It needs the cell's recurrence split at its one recurrent matmul,
+``z_t = output(carry_{t-1}) W_h``, declared by the cell (``cell.fused``, a
+:class:`~rnnjax.cells.base.FusedRecurrence` that names the weight field); cells without
+it use the plain scan. Where the cell also writes its step's backward out
+(``cell.fused.vjp``: the LSTM, GRU and Elman cells), the forward saves what that
 backward reads (the gate activations) and the backward loop runs it, as cuDNN does;
 otherwise each backward step differentiates the step again with ``jax.vjp``. The
 numbers are the plain scan's up to float rounding: tested against it in outputs and
@@ -34,17 +35,22 @@ Array = jax.Array
 
 
 def supports(cell: Cell) -> bool:
-    return getattr(cell, "recur_z", None) is not None
+    """Whether ``cell`` declares the split this backward needs (``cell.fused``)."""
+    return cell.fused is not None
 
 
-def _pointwise_params(params):
-    # Everything recur_z may read: the params without the two weight matrices, so the
-    # per-step cotangents the backward loop stacks stay small.
-    return {k: v for k, v in params._asdict().items() if k not in ("w_x", "w_h")}
+def _pointwise_params(cell: Cell, params):
+    # What recur_z reads besides z (the cell declares it), so the per-step cotangents
+    # the backward loop stacks stay small.
+    return {k: getattr(params, k) for k in cell.fused.reads}
+
+
+def _weight(cell: Cell, params):
+    return getattr(params, cell.fused.weight)
 
 
 def _step(cell: Cell, params, small, carry, xp_t, z_t, valid):
-    new, y = cell.recur_z(params._replace(**small), carry, xp_t, z_t)
+    new, y = cell.fused.recur_z(params._replace(**small), carry, xp_t, z_t)
     return _mask(valid, new, y, carry)
 
 
@@ -66,14 +72,15 @@ def fused_scan(
 
 
 def _forward(cell, reverse, in_loop, unroll, params, xs, carry, mask):
-    small = _pointwise_params(params)
-    step_vjp = cell.recur_z_vjp
+    small = _pointwise_params(cell, params)
+    step_vjp = cell.fused.vjp
+    w_h = _weight(cell, params)
 
     def body(carry, inputs):
         xp_t, valid = inputs
         if in_loop:
             xp_t = cell.project(params, xp_t)
-        z = _matmul(cell.output(carry), params.w_h)
+        z = _matmul(cell.output(carry), w_h)
         if step_vjp is None:
             new, y = _step(cell, params, small, carry, xp_t, z, valid)
             return new, (y, carry, (xp_t, z) if in_loop else z)
@@ -101,21 +108,21 @@ def _fwd(cell, reverse, in_loop, unroll, params, xs, carry, mask):
     out, (carries, saved) = _forward(cell, reverse, in_loop, unroll, params, xs, carry, mask)
     # The outputs ys are kept for the written-out backward (an output of the loop
     # anyway: no extra store).
-    ys = out[1] if cell.recur_z_vjp is not None else None
+    ys = out[1] if cell.fused.vjp is not None else None
     return out, (params, xs, mask, carries, saved, ys)
 
 
 def _bwd(cell, reverse, in_loop, unroll, residuals, cotangents):
     params, xs, mask, carries, saved, ys = residuals
     d_final, d_ys = cotangents
-    small = _pointwise_params(params)
-    w_h = params.w_h
-    step_vjp = cell.recur_z_vjp
+    small = _pointwise_params(cell, params)
+    w_h = _weight(cell, params)
+    step_vjp = cell.fused.vjp
 
     def recurrent_input(d_z, carry, d_prev):
         # h_{t-1} fed z_t = h_{t-1} W_h: the one matmul left in the loop.
         d_h = (d_z @ w_h.T.astype(d_z.dtype)).astype(cell.output(carry).dtype)
-        return _add_to_output(cell, d_prev, d_h)
+        return _add_to_output(cell, d_prev, d_h, carry)
 
     if step_vjp is None:
         # A cell without a written-out backward: differentiate each step again (its
@@ -169,14 +176,15 @@ def _bwd(cell, reverse, in_loop, unroll, residuals, cotangents):
         d_params, d_xs = step_vjp.finish(params, xs, d_z, extra)
     # dW_h = H_prev^T dZ: one matmul over every step.
     d_w_h = dense_weight_grad(cell.output(carries), d_z, w_h.dtype)
-    return d_params._replace(w_h=d_params.w_h + d_w_h), d_xs, d_carry0, None
+    name = cell.fused.weight
+    return d_params._replace(**{name: getattr(d_params, name) + d_w_h}), d_xs, d_carry0, None
 
 
-def _add_to_output(cell: Cell, d_carry, d_h):
-    """Add ``d_h`` to the cotangent of the carry field that ``cell.output`` reads."""
-    if hasattr(d_carry, "_replace") and hasattr(d_carry, "h"):
-        return d_carry._replace(h=d_carry.h + d_h)
-    return d_carry + d_h
+def _add_to_output(cell: Cell, d_carry, d_h, carry):
+    """``d_carry`` plus ``d_h`` carried back through ``cell.output`` (whichever part of
+    the carry it reads; a selection, which XLA reduces to one addition)."""
+    _, output_vjp = jax.vjp(cell.output, carry)
+    return jax.tree.map(jnp.add, d_carry, output_vjp(d_h)[0])
 
 
 fused_scan.defvjp(_fwd, _bwd)

@@ -8,82 +8,67 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnnjax.cells import ElmanParams, GRUParams, LSTMCarry, LSTMParams, elman, gru, lstm
+from rnnjax.cells.catalogue import torch_entry
 from rnnjax.layers import BidirectionalCarry, BidirectionalParams, bidirectional, recurrent, stack
 
 
 def from_torch(module) -> tuple[Callable[..., Any], tuple]:
     """Convert a PyTorch recurrent module into an rnnjax function and params.
 
-    Supports ``torch.nn.RNN`` (tanh or relu), ``torch.nn.LSTM`` (without ``proj_size``)
-    and ``torch.nn.GRU`` with any ``num_layers``, ``bidirectional``, ``batch_first``
-    and ``bias``. The gate orders are the same as PyTorch's ((i, f, g, o) and (r, z, n)),
-    so weights map one-to-one: ``w_x = weight_ih.T``, ``w_h = weight_hh.T``; LSTM and
-    RNN keep one bias ``b_ih + b_hh``; GRU keeps both (``b_hn`` sits inside ``r * (.)``).
-    A module without biases gets zero biases.
+    Supports every module the cell catalogue maps (:class:`rnnjax.cells.TorchMapping`):
+    ``torch.nn.RNN`` (tanh or relu), ``torch.nn.LSTM`` (without ``proj_size``) and
+    ``torch.nn.GRU``, with any ``num_layers``, ``bidirectional``, ``batch_first`` and
+    ``bias``. Each catalogue entry maps one layer's weights to its cell's params (the
+    gate orders are PyTorch's, so ``w_x = weight_ih.T``, ``w_h = weight_hh.T``; LSTM and
+    RNN keep one bias ``b_ih + b_hh``; GRU keeps both, as ``b_hn`` sits inside
+    ``r * (.)``). A module without biases gets zero biases.
 
     Returns:
       ``(apply, params)``. ``apply(params, xs, hx=None, *, lengths=None, key=None)``
       returns ``(output, final_state)`` laid out exactly as the module's ``forward``:
       ``output`` ``[B, T, D*H]`` if ``batch_first`` else ``[T, B, D*H]`` (or ``[T, D*H]``
       for an unbatched ``[T, I]`` input); ``final_state`` ``h_n``, or ``(h_n, c_n)`` for
-      an LSTM, each ``[num_layers * D, B, H]``. ``hx`` is the initial state in the same
-      layout. ``lengths [B]`` plays the part of ``pack_padded_sequence``: padded outputs
-      are zero and the final state is taken at each sequence's last valid step.
-      ``key`` enables the module's inter-layer dropout (training mode); without it the
-      function is deterministic, like ``module.eval()``.
+      an LSTM (one entry per carry field), each ``[num_layers * D, B, H]``. ``hx`` is
+      the initial state in the same layout. ``lengths [B]`` plays the part of
+      ``pack_padded_sequence``: padded outputs are zero and the final state is taken at
+      each sequence's last valid step. ``key`` enables the module's inter-layer dropout
+      (training mode); without it the function is deterministic, like ``module.eval()``.
     """
-    import torch
-
-    if isinstance(module, torch.nn.LSTM):
-        if getattr(module, "proj_size", 0):
-            raise ValueError(
-                f"LSTM with proj_size={module.proj_size} is not supported; expected proj_size=0."
-            )
-        kind = "lstm"
-    elif isinstance(module, torch.nn.GRU):
-        kind = "gru"
-    elif isinstance(module, torch.nn.RNN):
-        kind = "rnn"
-    else:
-        raise ValueError(
-            "module must be a torch.nn.RNN, torch.nn.LSTM or torch.nn.GRU; "
-            f"got {type(module).__name__}."
-        )
-
+    entry = torch_entry(module)
     hidden, num_layers = module.hidden_size, module.num_layers
     num_dirs = 2 if module.bidirectional else 1
     batch_first = module.batch_first
-
-    def make_cell():
-        if kind == "lstm":
-            return lstm(hidden)
-        if kind == "gru":
-            return gru(hidden, reset_after=True)
-        return elman(hidden, activation=module.nonlinearity)
+    make_cell = lambda: entry.make(hidden)  # noqa: E731
 
     layers = [
         bidirectional(make_cell(), make_cell()) if num_dirs == 2 else recurrent(make_cell())
         for _ in range(num_layers)
     ]
     net = stack(layers, dropout_rate=float(module.dropout))
+    zeros = make_cell().initial_carry(())
+    carry_def = jax.tree.structure(zeros)
+    num_parts = carry_def.num_leaves  # the module's state: h_n, or (h_n, c_n)
+    part_names = (
+        ("h_0", "c_0")[:num_parts] if num_parts <= 2 else [f"hx[{i}]" for i in range(num_parts)]
+    )
 
     state = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
 
     def direction_params(layer: int, suffix: str):
         name = f"_l{layer}{suffix}"
-        w_ih, w_hh = state["weight_ih" + name], state["weight_hh" + name]
+        w_ih = state["weight_ih" + name]
         zeros = np.zeros(w_ih.shape[0], w_ih.dtype)
-        b_ih, b_hh = state.get("bias_ih" + name, zeros), state.get("bias_hh" + name, zeros)
-        w_x, w_h = jnp.asarray(w_ih.T), jnp.asarray(w_hh.T)
-        if kind == "lstm":
-            return LSTMParams(w_x, w_h, jnp.asarray(b_ih + b_hh))
-        if kind == "gru":
-            return GRUParams(w_x, w_h, jnp.asarray(b_ih), jnp.asarray(b_hh))
-        return ElmanParams(w_x, w_h, jnp.asarray(b_ih + b_hh))
+        w = {
+            "weight_ih": w_ih,
+            "weight_hh": state["weight_hh" + name],
+            "bias_ih": state.get("bias_ih" + name, zeros),
+            "bias_hh": state.get("bias_hh" + name, zeros),
+        }
+        return jax.tree.map(jnp.asarray, entry.torch.to_params(w))
 
     params = tuple(
         BidirectionalParams(direction_params(k, ""), direction_params(k, "_reverse"))
@@ -95,16 +80,18 @@ def from_torch(module) -> tuple[Callable[..., Any], tuple]:
     def to_carry(hx, batch_shape):
         """Torch's [L*D, *batch, H] state(s) -> the stack's per-layer carries."""
         expected = (num_layers * num_dirs,) + tuple(batch_shape) + (hidden,)
-        parts = hx if kind == "lstm" else (hx,)
-        if kind == "lstm" and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
-            raise ValueError("hx of an LSTM must be a pair (h_0, c_0).")
-        parts = [jnp.asarray(p) for p in parts]
-        for name, p in zip(("h_0", "c_0"), parts):
+        if num_parts > 1 and not (isinstance(hx, (tuple, list)) and len(hx) == num_parts):
+            raise ValueError(
+                f"hx of a torch.nn.{entry.torch.module} must be a tuple "
+                f"({', '.join(part_names)}); got {type(hx).__name__}."
+            )
+        parts = [jnp.asarray(p) for p in (hx if num_parts > 1 else (hx,))]
+        for name, p in zip(part_names, parts):
             if p.shape != expected:
                 raise ValueError(f"hx's {name} must have shape {expected}; got {p.shape}.")
 
         def one(i):
-            return LSTMCarry(parts[0][i], parts[1][i]) if kind == "lstm" else parts[0][i]
+            return jax.tree.unflatten(carry_def, [p[i] for p in parts])
 
         return tuple(
             BidirectionalCarry(one(2 * k), one(2 * k + 1)) if num_dirs == 2 else one(k)
@@ -115,9 +102,8 @@ def from_torch(module) -> tuple[Callable[..., Any], tuple]:
         flat = []
         for c in carries:
             flat.extend([c.forward, c.backward] if num_dirs == 2 else [c])
-        if kind == "lstm":
-            return jnp.stack([c.h for c in flat]), jnp.stack([c.c for c in flat])
-        return jnp.stack(flat)
+        parts = [jnp.stack(leaves) for leaves in zip(*(jax.tree.leaves(c) for c in flat))]
+        return tuple(parts) if num_parts > 1 else parts[0]
 
     def apply(params, xs, hx=None, *, lengths=None, key=None):
         xs = jnp.asarray(xs)

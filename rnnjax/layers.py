@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax.cells.base import Array, Cell, PyTree, check_positive_int
-from rnnjax.scan import scan
+from rnnjax.scan import PLAN_OPTIONS, scan
 
 
 class Layer(NamedTuple):
@@ -49,39 +49,26 @@ class BidirectionalCarry(NamedTuple):
     backward: PyTree
 
 
-def recurrent(
-    cell: Cell, *, reverse: bool = False, unroll: int | bool = 1, remat: int | bool | None = None
-) -> Layer:
+def recurrent(cell: Cell, *, reverse: bool = False, **options) -> Layer:
     """One cell over time: :func:`~rnnjax.scan.scan` as a :class:`Layer`.
 
-    ``reverse=True`` runs over the valid part of each sequence backwards; ``remat``
-    rematerialises over chunks of time (see :func:`~rnnjax.scan.scan`).
+    ``reverse=True`` runs over the valid part of each sequence backwards; ``options``
+    are scan's plan options (``remat``, ``unroll``, ``vjp``, ``loop``, ``hoist``,
+    ``mesh``, ``batch_axis``; see :func:`~rnnjax.scan.scan`), checked here.
     """
+    options = check_plan_options(options)
 
     def apply(params, xs, carry=None, *, lengths=None, key=None, time_major=False):
         del key  # no randomness in a single layer
         return scan(
-            cell,
-            params,
-            xs,
-            carry,
-            lengths=lengths,
-            reverse=reverse,
-            unroll=unroll,
-            time_major=time_major,
-            remat=remat,
-        )
+            cell, params, xs, carry, lengths=lengths, reverse=reverse, time_major=time_major,
+            **options,
+        )  # fmt: skip
 
     return Layer(cell.init, cell.initial_carry, apply, cell.hidden_size)
 
 
-def bidirectional(
-    forward: Cell,
-    backward: Cell | None = None,
-    *,
-    unroll: int | bool = 1,
-    remat: int | bool | None = None,
-) -> Layer:
+def bidirectional(forward: Cell, backward: Cell | None = None, **options) -> Layer:
     """A forward and a padding-aware backward pass, outputs concatenated.
 
     ``ys[..., t, :] = [forward_y_t, backward_y_t]``, where the backward cell reads the
@@ -93,10 +80,10 @@ def bidirectional(
       forward: the cell of the forward direction.
       backward: the cell of the backward direction; a second instance of ``forward``
         (own params) if ``None``.
-      unroll: passed to both scans.
-      remat: passed to both scans (rematerialisation over chunks of time).
+      **options: scan's plan options for both directions (``remat``, ``unroll``, ...).
     """
     backward = forward if backward is None else backward
+    options = check_plan_options(options)
 
     def init(key, input_size):
         k_f, k_b = jax.random.split(key)
@@ -114,7 +101,7 @@ def bidirectional(
         if carry is not None:
             _check_named(carry, BidirectionalCarry, "carry")
         c_f, c_b = (None, None) if carry is None else carry
-        kw = dict(lengths=lengths, unroll=unroll, time_major=time_major, remat=remat)
+        kw = dict(lengths=lengths, time_major=time_major, **options)
         c_f, y_f = scan(forward, params.forward, xs, c_f, **kw)
         c_b, y_b = scan(backward, params.backward, xs, c_b, reverse=True, **kw)
         return BidirectionalCarry(c_f, c_b), jnp.concatenate([y_f, y_b], axis=-1)
@@ -205,24 +192,36 @@ def make_layer(
     bidirectional: bool = False,
     dropout_rate: float = 0.0,
     remat: int | bool | None = None,
+    plan: dict | None = None,
     **cell_options,
 ) -> Layer:
-    """A stack of ``num_layers`` (bidirectional) layers of the named cell.
+    """A stack of ``num_layers`` (bidirectional) layers of the catalogue cell ``cell``.
 
     ``make_layer("lstm", 64, num_layers=2)`` is
     ``stack([recurrent(lstm(64)), recurrent(lstm(64))])``; ``remat`` goes to every
-    layer's scan (rematerialisation over chunks of time, for long sequences).
+    layer's scan (rematerialisation over chunks of time, for long sequences), and so do
+    the other plan options in ``plan`` (e.g. ``{"unroll": 4}``).
     """
-    from rnnjax.cells.registry import make_cell
+    from rnnjax.cells.catalogue import make_cell
 
     check_positive_int("num_layers", num_layers)
+    options = check_plan_options({**(plan or {}), "remat": remat})
     make = lambda: make_cell(cell, hidden_size, **cell_options)  # noqa: E731
     wrap = (
-        (lambda: _bidirectional(make(), make(), remat=remat))
+        (lambda: _bidirectional(make(), make(), **options))
         if bidirectional
-        else (lambda: recurrent(make(), remat=remat))
+        else (lambda: recurrent(make(), **options))
     )
     return stack([wrap() for _ in range(num_layers)], dropout_rate=dropout_rate)
+
+
+def check_plan_options(options: dict) -> dict:
+    """``options`` if every key is one of scan's plan options; a ``ValueError`` naming
+    the unknown ones (before anything runs) otherwise."""
+    unknown = sorted(set(options) - set(PLAN_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown scan options {unknown}; expected some of {PLAN_OPTIONS}.")
+    return dict(options)
 
 
 def _check_length(name: str, value, n: int) -> None:

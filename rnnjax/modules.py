@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from rnnjax import decode
 from rnnjax.cells.base import Cell, check_positive_int
-from rnnjax.cells.registry import make_cell
+from rnnjax.cells.catalogue import make_cell
 from rnnjax.layers import Layer, final_hidden, make_layer
 from rnnjax.readout import readout, readout_init
 from rnnjax.seq2seq import (
@@ -29,6 +29,7 @@ from rnnjax.seq2seq import (
     check_token_ids,
     decoder,
 )
+from rnnjax.tasks.vocab import BOS, EOS, PAD
 
 HEADS = ("each", "last")
 
@@ -169,6 +170,8 @@ class Seq2Seq(nn.Module):
       bridge: how the encoder's final carry becomes the decoder's initial carry:
         ``"copy"`` (same cell, size and depth), ``"dense"`` (``tanh(c W + b)`` per carry
         field), ``"zeros"``, or ``"auto"`` (copy when possible, else dense).
+      pad, bos, eos: the target vocabulary's special ids, for decoding
+        (:mod:`rnnjax.tasks.vocab`'s by default).
 
     Methods (``model.apply(variables, ..., method=...)``):
       ``__call__(src, src_lengths, tgt_in, *, sampling_rate=0.0, deterministic=True)
@@ -189,6 +192,9 @@ class Seq2Seq(nn.Module):
     attention: str | None = None
     attention_size: int | None = None
     bridge: str = "auto"
+    pad: int = PAD
+    bos: int = BOS
+    eos: int = EOS
 
     def _decoder(self) -> Decoder:
         return decoder(
@@ -262,13 +268,17 @@ class Seq2Seq(nn.Module):
 
     def greedy(self, src, src_lengths=None, *, max_len: int) -> decode.Decoded:
         memory, state = self.encode(src, src_lengths)
-        return decode.greedy(self._step_fn(), memory, state, max_len=max_len)
+        return decode.greedy(self._step_fn(), memory, state, max_len=max_len, **self._special_ids())
 
     def beam(self, src, src_lengths=None, *, beam_width: int, max_len: int, alpha: float = 0.0):
         memory, state = self.encode(src, src_lengths)
         return decode.beam_search(
-            self._step_fn(), memory, state, beam_width=beam_width, max_len=max_len, alpha=alpha
-        )
+            self._step_fn(), memory, state, beam_width=beam_width, max_len=max_len,
+            alpha=alpha, **self._special_ids(),
+        )  # fmt: skip
+
+    def _special_ids(self) -> dict[str, int]:
+        return {"bos": self.bos, "eos": self.eos, "pad": self.pad}
 
 
 def make_seq2seq(

@@ -23,15 +23,14 @@ encoder's output size; ``V`` the target vocabulary; ``E`` the embedding width.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from functools import partial
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from rnnjax import attention as attn
 from rnnjax.cells.base import Array, Cell, PyTree, check_positive_int
+from rnnjax.checks import check_in_range
 from rnnjax.readout import ReadoutParams, readout, readout_init
 from rnnjax.scan import scan
 
@@ -285,20 +284,8 @@ def check_token_ids(name: str, tokens, vocab_size: int) -> None:
     """Raise a ``ValueError`` naming ``name`` unless every id lies in ``[0, vocab_size)``.
 
     An embedding lookup does not check: an id past the end gives NaN, a negative one
-    wraps to the last rows. Concrete ids are checked now; ids traced under ``jit`` when
-    the program runs (a host callback, as for ``scan``'s ``lengths``).
+    wraps to the last rows. Concrete ids are checked now; ids traced under ``jit`` only
+    under ``checkify`` (:func:`rnnjax.checks.check_in_range`), so a compiled training
+    step holds no host callback.
     """
-    if isinstance(tokens, jax.core.Tracer):
-        jax.debug.callback(partial(_raise_if_outside, name=name, vocab_size=vocab_size), tokens)
-    else:
-        _raise_if_outside(tokens, name=name, vocab_size=vocab_size)
-
-
-def _raise_if_outside(tokens, *, name: str, vocab_size: int) -> None:
-    values = np.asarray(tokens)
-    bad = (values < 0) | (values >= vocab_size)
-    if bad.any():
-        raise ValueError(
-            f"{name} must hold token ids in [0, {vocab_size}) (the vocabulary); got "
-            f"{values[bad].ravel()[:8].tolist()}."
-        )
+    check_in_range(name, tokens, 0, vocab_size, "the vocabulary", verb="hold token ids in")

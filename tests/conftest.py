@@ -1,6 +1,5 @@
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -28,7 +27,6 @@ if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" in os.environ:
     )
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 
 # The tests hold two routes to the same number to 1e-5 or closer. On a GPU, JAX's
 # default float32 matmul is TF32 (about 1e-3 relative), which fails them without any

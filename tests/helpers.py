@@ -4,9 +4,9 @@ import functools
 
 import jax
 import numpy as np
-import reference
 
 import rnnjax
+from rnnjax.cells.gru import reference as gru_reference
 
 
 def randomize(params, key, scale=0.5):
@@ -18,29 +18,34 @@ def randomize(params, key, scale=0.5):
     return jax.tree.unflatten(treedef, new)
 
 
-# name -> (factory of the rnnjax cell, NumPy reference step (params, carry, x))
-CELLS = {
-    "elman_tanh": (
-        lambda H, **kw: rnnjax.elman(H, activation="tanh", **kw),
-        functools.partial(reference.elman_step, activation="tanh"),
+def numpy_step(entry):
+    """The catalogue entry's float64 reference step in NumPy: ``step(params, carry, x)``
+    with every leaf converted to float64."""
+
+    def step(params, carry, x):
+        f64 = lambda t: jax.tree.map(lambda a: np.asarray(a, np.float64), t)  # noqa: E731
+        return entry.reference(np, f64(params), f64(carry), np.asarray(x, np.float64))
+
+    return step
+
+
+# name -> (factory of the rnnjax cell, float64 NumPy reference step (params, carry, x)):
+# every catalogue cell, and the GRU in Cho et al.'s original form (an option, not a
+# catalogue entry).
+CELLS = {e.name: (e.make, numpy_step(e)) for e in rnnjax.cells.catalogue.entries()}
+CELLS["gru_reset_before"] = (
+    lambda H, **kw: rnnjax.gru(H, reset_after=False, **kw),
+    numpy_step(
+        rnnjax.cells.get("gru")._replace(
+            reference=functools.partial(gru_reference, reset_after=False)
+        )
     ),
-    "elman_relu": (
-        lambda H, **kw: rnnjax.elman(H, activation="relu", **kw),
-        functools.partial(reference.elman_step, activation="relu"),
-    ),
-    "lstm": (lambda H, **kw: rnnjax.lstm(H, **kw), reference.lstm_step),
-    "gru": (lambda H, **kw: rnnjax.gru(H, **kw), reference.gru_step),
-    "gru_reset_before": (
-        lambda H, **kw: rnnjax.gru(H, reset_after=False, **kw),
-        functools.partial(reference.gru_step, reset_after=False),
-    ),
-}
+)
 
 
 def to_np_carry(carry):
-    if isinstance(carry, rnnjax.LSTMCarry):
-        return (np.asarray(carry.h, np.float64), np.asarray(carry.c, np.float64))
-    return np.asarray(carry, np.float64)
+    """A carry as float64 NumPy leaves, in the same pytree structure."""
+    return jax.tree.map(lambda a: np.asarray(a, np.float64), carry)
 
 
 def random_carry(cell, batch_shape, key, dtype=np.float32):

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import reference
-from helpers import randomize
+from helpers import numpy_step, randomize
 
 import rnnjax
 from rnnjax import diagnostics as dg
@@ -174,7 +174,7 @@ def test_gate_stats_match_numpy_and_hand_set_biases():
             stats["forget"][t], reference.sigmoid(z[:, H : 2 * H]).mean(), rtol=1e-5
         )
         np.testing.assert_allclose(stats["input"][t], reference.sigmoid(z[:, :H]).mean(), rtol=1e-5)
-        (h, c), _ = reference.lstm_step(params, (h, c), x[:, t])
+        (h, c), _ = numpy_step(rnnjax.cells.get("lstm"))(params, (h, c), x[:, t])
     huge = rnnjax.lstm(H, forget_bias=20.0)
     big = dg.gate_stats(huge, huge.init(jax.random.key(3), I), xs)
     assert float(big["forget"].min()) > 0.999
@@ -193,7 +193,7 @@ def test_gate_stats_exclude_padding_and_reject_ungated_cells():
     assert set(stats) == {"reset", "update", "candidate"}
     as_list = dg.gate_stats(cell, params, xs, lengths=[T, 3])  # as scan takes them
     chex.assert_trees_all_equal(as_list, stats)
-    with pytest.raises(ValueError, match="cell 'elman' has no gates"):
+    with pytest.raises(ValueError, match="cell 'rnn_tanh' declares no gates"):
         dg.gate_stats(rnnjax.elman(H), rnnjax.elman(H).init(jax.random.key(0), I), xs)
 
 

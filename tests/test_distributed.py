@@ -68,6 +68,7 @@ def _run(code: str) -> dict:
     env = dict(os.environ)
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
     env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "tests"), env.get("PYTHONPATH")]))
     out = subprocess.run(
         [sys.executable, "-c", PRELUDE + textwrap.dedent(code)],
         capture_output=True,
@@ -357,8 +358,7 @@ def test_scan_runs_its_loop_per_device_under_a_mesh():
     backward."""
     r = _run(
         """
-        import re, sys
-        sys.path.insert(0, "tests")
+        import re
         from helpers import CELLS, random_carry, randomize
         from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -387,7 +387,7 @@ def test_scan_runs_its_loop_per_device_under_a_mesh():
         rep, split = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
         # The loop's plumbing, not the cells' arithmetic (tested elsewhere): a carry
         # pair (LSTM) and a single carry (GRU, Elman), both backwards, and remat.
-        cells = ("lstm", "gru", "elman_tanh")
+        cells = ("lstm", "gru", "rnn_tanh")
         cases = [(n, v, None, v == "fused") for n in cells for v in ("autodiff", "fused")]
         cases += [("lstm", "autodiff", 3, True)]
         for name, vjp, remat, reverse in cases:

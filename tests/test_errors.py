@@ -55,7 +55,7 @@ def test_lengths_shape_dtype_and_range(lstm):
     with pytest.raises(ValueError, match=r"integer array; got dtype float32"):
         rnnjax.scan(cell, params, xs, lengths=jnp.array([1.0, 2.0]))
     with pytest.raises(
-        ValueError, match=r"lengths must lie in \[0, T\] = \[0, 5\]; got values \[6\]"
+        ValueError, match=r"lengths must lie in \[0, 6\) \(\[0, T\], T = 5\); got values \[6\]"
     ):
         rnnjax.scan(cell, params, xs, lengths=jnp.array([6, 2]))
     with pytest.raises(ValueError, match=r"got values \[-1\]"):

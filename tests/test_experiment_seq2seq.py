@@ -14,7 +14,6 @@ EXPERIMENTS = ROOT / "experiments"
 
 
 def load(name):
-    sys.path.insert(0, str(EXPERIMENTS))
     spec = importlib.util.spec_from_file_location(f"{name}_script", EXPERIMENTS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[f"{name}_script"] = module  # dataclasses look their module up here

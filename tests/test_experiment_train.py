@@ -21,7 +21,6 @@ SCRIPT = ROOT / "experiments" / "train.py"
 
 
 def load():
-    sys.path.insert(0, str(SCRIPT.parent))
     spec = importlib.util.spec_from_file_location("train_script", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     sys.modules["train_script"] = module  # dataclasses look their module up here

@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 
 import rnnjax
-from rnnjax.scan import auto_vjp
+
+
+def _without_vjp(cell):
+    return cell._replace(fused=cell.fused._replace(vjp=None))
+
 
 CELLS = {
     "lstm": lambda h: rnnjax.lstm(h),
@@ -18,7 +22,7 @@ CELLS = {
     # Any other activation: its derivative through JAX, from the saved pre-activation.
     "rnn_softplus": lambda h: rnnjax.elman(h, activation=jax.nn.softplus),
     # A cell with recur_z but no written-out backward: each step differentiated again.
-    "lstm_generic": lambda h: rnnjax.lstm(h)._replace(recur_z_vjp=None),
+    "lstm_generic": lambda h: _without_vjp(rnnjax.lstm(h)),
 }
 
 
@@ -39,9 +43,11 @@ def _problem(name, batch=(3,), steps=7, inputs=4, hidden=5, seed=0):
     return cell, params, xs, carry, w_y, w_c, lengths
 
 
-def _loss(cell, vjp, lengths, reverse, w_y, w_c):
+def _loss(cell, vjp, lengths, reverse, w_y, w_c, **options):
     def f(params, xs, carry):
-        final, ys = rnnjax.scan(cell, params, xs, carry, lengths=lengths, reverse=reverse, vjp=vjp)
+        final, ys = rnnjax.scan(
+            cell, params, xs, carry, lengths=lengths, reverse=reverse, vjp=vjp, **options
+        )
         tail = sum(jnp.sum(a * b) for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(w_c)))
         return jnp.sum(jnp.tanh(ys) * w_y) + tail
 
@@ -143,19 +149,22 @@ def test_fused_only_on_request_and_only_where_it_applies():
     cell, params, xs, *_ = _problem("lstm")
     jaxpr = str(jax.make_jaxpr(lambda p: rnnjax.scan(cell, p, xs, vjp="fused"))(params))
     assert "custom_vjp_call" in jaxpr
-    assert auto_vjp() == "fused"  # on every backend: measured faster on a CPU and a GPU
+    # The default on every backend: measured faster on a CPU and a GPU.
+    assert rnnjax.plan(cell, params, xs).backward == "fused"
     for v in ("auto", "autodiff"):
         jaxpr = str(jax.make_jaxpr(lambda p: rnnjax.scan(cell, p, xs, vjp=v))(params))
         assert ("custom_vjp_call" in jaxpr) == (v == "auto")
     before = rnnjax.gru(5, reset_after=False)
     p = before.init(jax.random.key(0), 4)
-    with pytest.raises(ValueError, match="vjp='fused' does not apply here: the gru cell has no"):
+    with pytest.raises(
+        ValueError, match="vjp='fused' does not apply here: the gru_reset_before cell declares no"
+    ):
         rnnjax.scan(before, p, xs, vjp="fused")
     with pytest.raises(ValueError, match="return_carries=True"):
         rnnjax.scan(cell, params, xs, vjp="fused", return_carries=True)
     for bad in (0, -1, 2.5, "8"):  # named, not left to lax.scan's own messages
         with pytest.raises(
-            ValueError, match=f"unroll must be a bool or a positive int; got {bad!r}"
+            ValueError, match=f"unroll must be None, a bool or a positive int; got {bad!r}"
         ):
             rnnjax.scan(cell, params, xs, unroll=bad)
     a = rnnjax.scan(cell, params, xs, unroll=np.int64(3))[1]  # a NumPy integer is an int
@@ -164,7 +173,7 @@ def test_fused_only_on_request_and_only_where_it_applies():
         rnnjax.scan(cell, params, xs, vjp="cudnn")
 
 
-def test_auto_takes_the_fused_backward_where_it_is_faster_and_applies(monkeypatch):
+def test_auto_takes_the_fused_backward_where_it_is_faster_and_applies():
     """The default: the fused backward wherever it applies, JAX's own where it does not,
     never an error."""
     cell, params, xs, carry, *_ = _problem("gru")
@@ -180,22 +189,19 @@ def test_auto_takes_the_fused_backward_where_it_is_faster_and_applies(monkeypatc
     assert uses_fused(unroll=2)  # both of its loops unrolled (test below)
     eps = jax.tree.map(lambda c: jnp.zeros((xs.shape[-2],) + c.shape), carry)
     assert not uses_fused(perturbation=rnnjax.Perturbation(carry=eps))
-    monkeypatch.setenv("RNNJAX_VJP", "autodiff")
-    assert not uses_fused()
-    monkeypatch.setenv("RNNJAX_VJP", "fuse")  # a typo is an error, not the default
-    with pytest.raises(ValueError, match="RNNJAX_VJP must be one of .* got 'fuse'"):
-        uses_fused()
-    monkeypatch.setenv("RNNJAX_VJP", "")
-    monkeypatch.setenv("RNNJAX_HOIST", "yes")
-    with pytest.raises(ValueError, match="RNNJAX_HOIST must be one of"):
-        uses_fused()
+    # The plan says why, for a reader.
+    note = rnnjax.plan(cell, params, xs, carry, remat=3).notes
+    assert note == ("autodiff backward: remat (the fused backward keeps its own residuals)",)
+    with pytest.raises(ValueError, match="vjp must be one of .* got 'fuse'"):
+        uses_fused(vjp="fuse")  # a typo is an error, not the default
+    with pytest.raises(ValueError, match="hoist must be True, False or None; got 'yes'"):
+        uses_fused(hoist="yes")
 
 
-@pytest.mark.parametrize("hoist", ["0", "1"])
-def test_projection_inside_or_before_the_loop_gives_the_same_numbers(hoist, monkeypatch):
+@pytest.mark.parametrize("hoist", [False, True])
+def test_projection_inside_or_before_the_loop_gives_the_same_numbers(hoist):
     """Both places of the input projection, through both backward passes, against the
     cell's own step function in a Python loop (a route that shares no driver code)."""
-    monkeypatch.setenv("RNNJAX_HOIST", hoist)
     cell, params, xs, carry, *_ = _problem("gru")
 
     def loop(params, xs, carry):
@@ -209,7 +215,7 @@ def test_projection_inside_or_before_the_loop_gives_the_same_numbers(hoist, monk
     for v in ("fused", "autodiff"):
 
         def f(params, xs, carry, v=v):
-            final, ys = rnnjax.scan(cell, params, xs, carry, vjp=v)
+            final, ys = rnnjax.scan(cell, params, xs, carry, vjp=v, hoist=hoist)
             return jnp.sum(ys**2) + jnp.sum(final)
 
         got = jax.grad(f, argnums=(0, 1, 2))(params, xs, carry)
@@ -243,36 +249,35 @@ def _matmuls_in_the_loop(f, *args) -> int:
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU's placement")
 @pytest.mark.parametrize("name", ["lstm", "gru", "rnn_tanh"])
-def test_on_a_cpu_only_an_ungated_cell_projects_before_the_loop(name, monkeypatch):
-    """The default placement (``hoist_projection``): per step inside the loop for the
-    LSTM and GRU, one matmul before it for the Elman RNN; ``RNNJAX_HOIST`` overrides."""
+def test_on_a_cpu_only_an_ungated_cell_projects_before_the_loop(name):
+    """The default placement: per step inside the loop for the LSTM and GRU (declared
+    gated), one matmul before it for the Elman RNN; ``hoist`` overrides."""
     cell, params, xs, carry, *_ = _problem(name)
 
-    def in_loop():  # a new function each time: a traced one is cached with its choice
-        return _matmuls_in_the_loop(lambda p: rnnjax.scan(cell, p, xs, carry)[1], params)
+    def in_loop(**kw):
+        return _matmuls_in_the_loop(lambda p: rnnjax.scan(cell, p, xs, carry, **kw)[1], params)
 
-    assert in_loop() == (1 if cell.gates is None else 2)
-    for hoist, want in (("1", 1), ("0", 2)):
-        monkeypatch.setenv("RNNJAX_HOIST", hoist)
-        assert in_loop() == want
+    assert in_loop() == (2 if cell.gated else 1)
+    assert rnnjax.plan(cell, params, xs, carry).hoist == (not cell.gated)
+    for hoist, want in ((True, 1), (False, 2)):
+        assert in_loop(hoist=hoist) == want
 
 
 @pytest.mark.parametrize("name", sorted(CELLS))
-def test_hoisted_and_in_loop_projection_agree_with_lengths_and_reverse(name, monkeypatch):
+def test_hoisted_and_in_loop_projection_agree_with_lengths_and_reverse(name):
     cell, params, xs, carry, w_y, w_c, lengths = _problem(name, batch=(2, 3))
     results = {}
-    for hoist in ("0", "1"):
-        monkeypatch.setenv("RNNJAX_HOIST", hoist)
-        f = _loss(cell, "auto", lengths, True, w_y, w_c)
-        out = rnnjax.scan(cell, params, xs, carry, lengths=lengths, reverse=True)
+    for hoist in (False, True):
+        f = _loss(cell, "auto", lengths, True, w_y, w_c, hoist=hoist)
+        out = rnnjax.scan(cell, params, xs, carry, lengths=lengths, reverse=True, hoist=hoist)
         results[hoist] = (out, jax.grad(f, argnums=(0, 1, 2))(params, xs, carry))
-    for a, b in zip(jax.tree.leaves(results["0"]), jax.tree.leaves(results["1"])):
+    for a, b in zip(jax.tree.leaves(results[False]), jax.tree.leaves(results[True])):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
 
 
 @pytest.mark.parametrize("name", ["lstm", "gru", "rnn_tanh", "rnn_relu", "rnn_softplus"])
 def test_each_cells_written_out_backward_is_the_vjp_of_its_step(name):
-    """``cell.recur_z_vjp`` (``fwd``, ``bwd``, then ``finish``) against ``jax.vjp`` of
+    """``cell.fused.vjp`` (``fwd``, ``bwd``, then ``finish``) against ``jax.vjp`` of
     ``recur_z`` after ``project`` at one step: random inputs and cotangents, two batch
     dimensions, the cotangent of every input and parameter."""
     cell, params, xs, carry, *_ = _problem(name, batch=(2, 3))
@@ -283,19 +288,19 @@ def test_each_cells_written_out_backward_is_the_vjp_of_its_step(name):
         z = z.at[0].set(-z[0] - 5.0)
 
     def step(carry, x, z, params):
-        return cell.recur_z(params, carry, cell.project(params, x), z)
+        return cell.fused.recur_z(params, carry, cell.project(params, x), z)
 
     (new, y), vjp = jax.vjp(step, carry, x, z, params)
     d_new = jax.tree.map(lambda a: jax.random.normal(k[1], a.shape), new)
     d_y = jax.random.normal(k[2], y.shape)
     want = vjp((d_new, d_y))  # d_carry, d_x, d_z, d_params (w_h: zero, z is given)
 
-    (new2, y2), saved = cell.recur_z_vjp.fwd(params, carry, cell.project(params, x), z)
+    (new2, y2), saved = cell.fused.vjp.fwd(params, carry, cell.project(params, x), z)
     for a, b in zip(jax.tree.leaves((new2, y2)), jax.tree.leaves((new, y))):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
-    d_carry, d_z, extra = cell.recur_z_vjp.bwd(params, carry, saved, y2, d_new, d_y)
+    d_carry, d_z, extra = cell.fused.vjp.bwd(params, carry, saved, y2, d_new, d_y)
     # finish works on [T, *batch, ...]: give it this one step as T = 1.
-    d_params, d_x = cell.recur_z_vjp.finish(
+    d_params, d_x = cell.fused.vjp.finish(
         params, x[None], d_z[None], jax.tree.map(lambda a: a[None], extra)
     )
     got = (d_carry, d_x[0], d_z, d_params)

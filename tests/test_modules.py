@@ -17,7 +17,7 @@ def xs():
     return jax.random.normal(jax.random.key(0), (B, T, I))
 
 
-@pytest.mark.parametrize("cell", sorted(rnnjax.CELLS))
+@pytest.mark.parametrize("cell", list(rnnjax.cells.names()))
 def test_recurrent_params_are_the_core_pytree(cell, xs):
     layer = rnnjax.make_layer(cell, H, num_layers=2, bidirectional=True)
     module = Recurrent(layer)

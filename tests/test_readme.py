@@ -20,9 +20,7 @@ def test_readme_block_runs(index):
 
 def test_readme_results_are_the_generated_files():
     """Result tables in the README are copies of the generated files, not typed."""
-    import sys
 
-    sys.path.insert(0, str(README.parent / "experiments"))
     import embed_results
 
     text = README.read_text()

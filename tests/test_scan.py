@@ -10,7 +10,7 @@ from helpers import CELLS, random_carry, randomize, to_np_carry
 
 import rnnjax
 
-NAMES = ["elman_tanh", "lstm", "gru"]
+NAMES = ["rnn_tanh", "lstm", "gru"]
 I, H, B, T = 3, 4, 4, 7
 
 
@@ -116,9 +116,23 @@ def test_unroll_does_not_change_results():
     chex.assert_trees_all_close(a, b, rtol=1e-6, atol=1e-6)
 
 
-def test_traced_lengths_out_of_range_fail_at_run_time():
-    cell, params, xs, _ = setup("elman_tanh")
-    f = jax.jit(lambda l: rnnjax.scan(cell, params, xs, lengths=l)[1])
-    f(jnp.array([T, 0, 1, 2])).block_until_ready()  # in range: fine
-    with pytest.raises(Exception, match=r"lengths must lie in \[0, T\] = \[0, 7\]"):
-        f(jnp.array([T + 1, 0, 1, 2])).block_until_ready()
+def test_traced_lengths_are_checked_under_checkify_and_cost_nothing_otherwise():
+    """No host callback in a compiled step by default; ``checkify`` opts in and then
+    names the range; concrete lengths are checked at once either way."""
+    from jax.experimental import checkify
+
+    cell, params, xs, _ = setup("rnn_tanh")
+
+    def f(l):
+        return rnnjax.scan(cell, params, xs, lengths=l)[1]
+
+    assert "callback" not in jax.jit(f).lower(jnp.array([T, 0, 1, 2])).as_text()
+    checked = jax.jit(checkify.checkify(f))
+    err, ys = checked(jnp.array([T, 0, 1, 2]))
+    err.throw()  # in range: no error
+    np.testing.assert_allclose(ys, f(jnp.array([T, 0, 1, 2])))
+    err, _ = checked(jnp.array([T + 1, 0, 1, 2]))
+    with pytest.raises(Exception, match=r"lengths must lie in \[0, 8\) \(\[0, T\], T = 7\)"):
+        err.throw()
+    with pytest.raises(ValueError, match=r"lengths must lie in \[0, 8\).*got values \[-1\]"):
+        f(jnp.array([T, -1, 1, 2]))

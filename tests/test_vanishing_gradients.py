@@ -40,7 +40,6 @@ TINY = [
 
 
 def load():
-    sys.path.insert(0, str(SCRIPT.parent))
     spec = importlib.util.spec_from_file_location("vanishing_gradients", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     sys.modules["vanishing_gradients"] = module

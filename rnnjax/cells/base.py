@@ -10,12 +10,13 @@ A cell is a :class:`Cell`: a ``NamedTuple`` of pure functions, in the style of o
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from rnnjax.checks import check_positive_int  # noqa: F401  (the cells import it from here)
 
 Array = jax.Array
 PyTree = Any
@@ -24,44 +25,104 @@ Initializer = Callable[[Array, tuple[int, ...], Any], Array]
 
 
 class Cell(NamedTuple):
-    """A recurrent cell as pure functions.
+    """A recurrent cell as pure functions: a small required core and optional
+    capabilities the cell declares (the driver never infers them from field names).
+
+    The required core (a user's own cell needs no more; it runs everywhere by the
+    plain paths):
 
     Attributes:
+      name: the family name, e.g. ``"lstm"``.
+      hidden_size: ``H``; the output ``y`` of a step has shape ``[*batch, H]``.
       init: ``init(key, input_size) -> params``, a NamedTuple pytree of arrays.
-      initial_carry: ``initial_carry(batch_shape=()) -> carry`` of zeros.
-      project: ``project(params, xs) -> xp``, the input part of every gate for any
-        number of leading dimensions (e.g. ``[T, *batch, I]``); one big matmul.
+      initial_carry: ``initial_carry(batch_shape=(), dtype=None) -> carry`` of zeros.
+      project: ``project(params, xs) -> xp``, the input part of the step for any number
+        of leading dimensions (e.g. ``[T, *batch, I]``): one big matmul, run once
+        before the time loop or per step inside it, as the driver's plan decides.
       recur: ``recur(params, carry, xp_t) -> (carry, y)``, the recurrent part of one
         step, reading one time slice of ``project``'s output.
-      step: ``step(params, carry, x) -> (carry, y)``, one full time step;
-        ``step(p, c, x) == recur(p, c, project(p, x))``.
-      hidden_size: ``H``; the output ``y`` of a step has shape ``[*batch, H]``.
-      name: the family name, e.g. ``"lstm"``.
       output: ``output(carry) -> y``, the output a carry stands for (``h``); the
         driver uses it when a diagnostic perturbs the carry.
-      gates: ``gates(params, carry, xp_t) -> dict`` of gate activations
-        ``[*batch, H]`` for one step (e.g. ``"forget"``), or ``None`` for an ungated
-        cell; ``recur`` is built on it, so diagnostics read the very same values.
-      recur_z: ``recur_z(params, carry, xp_t, z_t) -> (carry, y)``, ``recur`` given its
-        one recurrent matmul ``z_t = output(carry) @ params.w_h`` from outside (and
-        reading no ``w_x`` / ``w_h``), or ``None``. With it, :mod:`rnnjax.fused` forms
-        the recurrent weight gradient as one matmul after the backward loop.
-      recur_z_vjp: ``recur_z``'s step written out forward and backward
-        (:class:`StepVJP`), or ``None``; :mod:`rnnjax.fused` then saves what the
-        backward reads instead of differentiating each step again.
+
+    Declared capabilities (each optional; without it the driver takes the plain path):
+
+    Attributes:
+      gated: whether the cell is gated (multiplicative gates on its state). The
+        driver's plan reads it (on a CPU a gated cell's projection runs inside the
+        loop, where that measured faster), and the study's clipping section takes the
+        ungated cells.
+      gates: ``gates(params, carry, xp_t) -> dict`` of gate activations ``[*batch, H]``
+        for one step (e.g. ``"forget"``), for :func:`rnnjax.diagnostics.gate_stats`;
+        ``recur`` is built on it, so diagnostics read the very same values.
+      fused: a :class:`FusedRecurrence`, the step split at its one recurrent matmul, for
+        the fused backward (:mod:`rnnjax.fused`).
+      recurrent_scale: ``recurrent_scale(params, g) -> params`` with the recurrence
+        scaled by ``g`` (``W_h -> g W_h`` for the classic cells): what "recurrent scale
+        g" means for this cell in the study's sweep.
+      linear: a :class:`LinearRecurrence`, when the recurrence is linear in the state,
+        ``h_t = a_t * h_{t-1} + b_t`` elementwise: the driver may then run it as a
+        parallel prefix scan (``jax.lax.associative_scan``).
+
+    ``step(params, carry, x) == recur(params, carry, project(params, x))`` is derived
+    here once, never written per cell.
     """
 
+    name: str
+    hidden_size: int
     init: Callable[..., PyTree]
     initial_carry: Callable[..., PyTree]
     project: Callable[..., PyTree]
     recur: Callable[..., tuple[PyTree, Array]]
-    step: Callable[..., tuple[PyTree, Array]]
-    hidden_size: int
-    name: str
     output: Callable[[PyTree], Array]
-    gates: Callable[..., dict] | None
-    recur_z: Callable[..., tuple[PyTree, Array]] | None = None
-    recur_z_vjp: StepVJP | None = None
+    gated: bool = False
+    gates: Callable[..., dict] | None = None
+    fused: FusedRecurrence | None = None
+    recurrent_scale: Callable[[PyTree, Any], PyTree] | None = None
+    linear: LinearRecurrence | None = None
+
+    def step(self, params: PyTree, carry: PyTree, x: Array) -> tuple[PyTree, Array]:
+        """One full time step: ``recur(params, carry, project(params, x))``."""
+        return self.recur(params, carry, self.project(params, x))
+
+
+class FusedRecurrence(NamedTuple):
+    """A cell's step split at its one recurrent matmul, declared for the fused backward.
+
+    ``z_t = output(carry) @ params.<weight>`` is the only place the step reads that
+    weight; :mod:`rnnjax.fused` computes ``z_t`` itself, keeps only ``dh W^T`` in the
+    backward loop and forms ``dW`` as one matmul after it (as cuDNN does).
+
+    Attributes:
+      recur_z: ``recur_z(params, carry, xp_t, z_t) -> (carry, y)``: ``recur`` given
+        ``z_t``. It may read only the params fields named in ``reads``.
+      weight: the params field holding the recurrent weight ``[H, K]`` (``"w_h"``).
+      reads: the other params fields ``recur_z`` reads (the GRU's ``b_h``); their
+        gradients are summed over the steps.
+      vjp: ``recur_z``'s step written out forward and backward (:class:`StepVJP`), or
+        ``None``: then each backward step differentiates ``recur_z`` again.
+    """
+
+    recur_z: Callable[..., tuple[PyTree, Array]]
+    weight: str = "w_h"
+    reads: tuple[str, ...] = ()
+    vjp: StepVJP | None = None
+
+
+class LinearRecurrence(NamedTuple):
+    """A recurrence linear in the state, declared for the parallel (associative) scan.
+
+    The carry after step ``t`` is ``h_t = a_t * h_{t-1} + b_t``, elementwise for every
+    leaf of the carry, and the step's output is ``output(h_t)``.
+
+    Attributes:
+      coefficients: ``coefficients(params, xp) -> (a, b)``: for the projected inputs of
+        every step at once (``xp`` from ``project``, leading axes ``[T, *batch]``), the
+        pytrees ``a`` and ``b`` with the carry's structure, each leaf ``[T, *batch,
+        ...]`` (``a`` may be real where ``b`` is complex). ``recur`` must equal this
+        update; tests hold the two against each other.
+    """
+
+    coefficients: Callable[..., tuple[PyTree, PyTree]]
 
 
 class StepVJP(NamedTuple):
@@ -78,8 +139,9 @@ class StepVJP(NamedTuple):
         else ``finish`` needs (or ``None``).
       finish: ``finish(params, xs, d_z, extra) -> (d_params, d_xs)``, after the loop,
         over every step at once (``xs [T, *batch, I]``, ``d_z`` and ``extra`` stacked
-        the same way): the gradients of every parameter but ``w_h`` (zero there; the
-        driver forms it) and of ``xs``, through ``project`` and ``recur_z``.
+        the same way): the gradients of every parameter but the recurrent weight (zero
+        there; the driver forms it) and of ``xs``, through ``project`` and
+        ``recur_z``.
 
     Tested against ``jax.vjp(recur_z, ...)``.
     """
@@ -87,6 +149,55 @@ class StepVJP(NamedTuple):
     fwd: Callable[..., tuple[tuple[PyTree, Array], PyTree]]
     bwd: Callable[..., tuple[PyTree, Array, PyTree]]
     finish: Callable[..., tuple[PyTree, Array]]
+
+
+class TorchMapping(NamedTuple):
+    """How a catalogue cell maps onto one layer of a PyTorch module, weight for weight.
+
+    Attributes:
+      module: the ``torch.nn`` class name (``"LSTM"``, ``"GRU"``, ``"RNN"``).
+      options: the module's constructor options that make it this cell
+        (``{"nonlinearity": "relu"}``); a module matches when its attributes equal them.
+      to_params: ``to_params(w) -> params``: PyTorch's weights for one layer and
+        direction (``w`` a dict of NumPy arrays named ``weight_ih``, ``weight_hh``,
+        ``bias_ih``, ``bias_hh``) as the cell's params.
+      to_torch: ``to_torch(params) -> w``, the inverse, for params or their gradients
+        (a bias PyTorch splits in two that the cell keeps summed gets the same
+        gradient in both halves).
+    """
+
+    module: str
+    options: dict[str, Any]
+    to_params: Callable[[dict], PyTree]
+    to_torch: Callable[[PyTree], dict]
+
+
+class Entry(NamedTuple):
+    """One cell family in the catalogue.
+
+    Attributes:
+      name: the canonical name, e.g. ``"lstm"``; equals ``make(H).name``.
+      make: ``make(hidden_size, **options) -> Cell``.
+      reference: ``reference(xp, params, carry, x) -> (carry, y)``: one step written
+        from the paper's equations in the array namespace ``xp`` (NumPy in float64 for
+        outputs; ``jax.numpy`` in float64 for reference gradients), apart from the
+        cell's JAX code. ``params`` and ``carry`` have the cell's pytree structure.
+      matmul_flops: ``matmul_flops(input_size, hidden_size)``: the multiply-adds of one
+        step's matmuls, times two, per example (``2 G H (I + H)`` for a cell of ``G``
+        gates), forward only; the benchmark's FLOP rates read it.
+      torch: a :class:`TorchMapping` where PyTorch has the cell, else ``None``.
+      family: the mechanism it stands for in the study's tables (``"classic"``,
+        ``"gated"``, ...).
+      summary: one line for ``--help`` texts and reports.
+    """
+
+    name: str
+    make: Callable[..., Cell]
+    reference: Callable[..., tuple[PyTree, Any]]
+    matmul_flops: Callable[[int, int], int]
+    torch: TorchMapping | None = None
+    family: str = ""
+    summary: str = ""
 
 
 def sum_over_batch(a: Array) -> Array:
@@ -109,6 +220,12 @@ def additive_finish(params, xs: Array, d_z: Array, extra):
     d_w_x, d_xs = dense_backward(xs, params.w_x, d_z)
     d_b = sum_over_batch(d_z).astype(params.b.dtype)
     return params._replace(w_x=d_w_x, w_h=jnp.zeros_like(params.w_h), b=d_b), d_xs
+
+
+def scale_w_h(params, g):
+    """``params`` with the recurrent weight ``w_h`` scaled by ``g``: the classic cells'
+    :attr:`Cell.recurrent_scale`."""
+    return params._replace(w_h=jnp.asarray(g, params.w_h.dtype) * params.w_h)
 
 
 def dense_weight_grad(xs: Array, d_out: Array, dtype) -> Array:
@@ -138,14 +255,6 @@ def initialize(init_fn: Initializer, key: Array, shape: tuple[int, ...], dtype) 
     if jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize < 4:
         return init_fn(key, shape, jnp.float32).astype(dtype)
     return init_fn(key, shape, dtype)
-
-
-def check_positive_int(name: str, value) -> int:
-    """``value`` as an ``int`` (NumPy integers too); a ``ValueError`` naming ``name``
-    unless it is a positive integer (``bool`` is refused)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-        raise ValueError(f"{name} must be a positive int; got {value!r}.")
-    return int(value)
 
 
 def check_input(x: Array, input_size: int, arg: str = "x") -> None:

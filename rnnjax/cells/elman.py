@@ -11,14 +11,18 @@ import jax.numpy as jnp
 from rnnjax.cells.base import (
     Array,
     Cell,
+    Entry,
+    FusedRecurrence,
     Initializer,
     StepVJP,
+    TorchMapping,
     additive_finish,
     check_input,
     check_positive_int,
     compute_dtype,
     initialize,
     resolve_batch_shape,
+    scale_w_h,
 )
 
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
@@ -69,8 +73,11 @@ def elman(
       param_dtype: dtype of the parameters ``init`` creates.
 
     Returns:
-      A :class:`Cell`. Params: ``ElmanParams(w_x [I, H], w_h [H, H], b [H])``.
+      A :class:`Cell` named ``"rnn_<activation>"`` (``"rnn"`` for a callable).
+      Params: ``ElmanParams(w_x [I, H], w_h [H, H], b [H])``.
       Carry: ``h [*batch, H]``, a bare array. Output: ``h'``. Any leading batch dims.
+      Declares: the fused backward (matmul ``h W_h``), recurrent scale ``W_h -> g W_h``;
+      ungated.
     """
     hidden_size = check_positive_int("hidden_size", hidden_size)
     if isinstance(activation, str):
@@ -114,9 +121,6 @@ def elman(
         h_new = phi(xp + z).astype(h.dtype)
         return h_new, h_new
 
-    def step(params: ElmanParams, h: Array, x: Array) -> tuple[Array, Array]:
-        return recur(params, h, project(params, x))
-
     derivative = DERIVATIVES.get(activation) if isinstance(activation, str) else None
 
     def recur_z_fwd(params: ElmanParams, h: Array, xp: Array, z: Array):
@@ -135,15 +139,64 @@ def elman(
         return jnp.zeros_like(h), d_pre, None
 
     return Cell(
+        name=f"rnn_{activation}" if isinstance(activation, str) else "rnn",
+        hidden_size=H,
         init=init,
         initial_carry=initial_carry,
         project=project,
         recur=recur,
-        step=step,
-        hidden_size=H,
-        name="elman",
         output=lambda h: h,
-        gates=None,
-        recur_z=recur_z,
-        recur_z_vjp=StepVJP(recur_z_fwd, recur_z_bwd, additive_finish),
+        fused=FusedRecurrence(recur_z, vjp=StepVJP(recur_z_fwd, recur_z_bwd, additive_finish)),
+        recurrent_scale=scale_w_h,
     )
+
+
+# ------------------------------------------------------------------ the catalogue
+
+
+def reference(xp, params, h, x, activation: str = "tanh"):
+    """One step from the equation ``h' = phi(x W_x + h W_h + b)``, in the array
+    namespace ``xp`` (the catalogue's float64 reference; independent of the code above)."""
+    w_x, w_h, b = params
+    pre = x @ w_x + h @ w_h + b
+    h_new = xp.tanh(pre) if activation == "tanh" else xp.maximum(pre, 0.0)
+    return h_new, h_new
+
+
+def _torch(nonlinearity: str) -> TorchMapping:
+    # torch.nn.RNN: h' = phi(x W_ih^T + b_ih + h W_hh^T + b_hh); the two biases summed.
+    return TorchMapping(
+        module="RNN",
+        options={"nonlinearity": nonlinearity},
+        to_params=lambda w: ElmanParams(
+            w["weight_ih"].T, w["weight_hh"].T, w["bias_ih"] + w["bias_hh"]
+        ),
+        to_torch=lambda p: {
+            "weight_ih": p.w_x.T,
+            "weight_hh": p.w_h.T,
+            "bias_ih": p.b,
+            "bias_hh": p.b,
+        },
+    )
+
+
+def _entry(activation: str) -> Entry:
+    def make(hidden_size, **options):
+        return elman(hidden_size, activation=activation, **options)
+
+    def ref(xp, params, h, x):
+        return reference(xp, params, h, x, activation)
+
+    return Entry(
+        name=f"rnn_{activation}",
+        make=make,
+        reference=ref,
+        matmul_flops=lambda i, h: 2 * h * (i + h),
+        torch=_torch(activation),
+        family="classic",
+        summary=f"Elman RNN, {activation} (Elman 1990)",
+    )
+
+
+RNN_TANH = _entry("tanh")
+RNN_RELU = _entry("relu")

@@ -10,8 +10,11 @@ import jax.numpy as jnp
 from rnnjax.cells.base import (
     Array,
     Cell,
+    Entry,
+    FusedRecurrence,
     Initializer,
     StepVJP,
+    TorchMapping,
     check_input,
     check_positive_int,
     compute_dtype,
@@ -19,6 +22,7 @@ from rnnjax.cells.base import (
     gate_init,
     initialize,
     resolve_batch_shape,
+    scale_w_h,
     sum_over_batch,
 )
 
@@ -66,9 +70,13 @@ def gru(
       param_dtype: dtype of the parameters ``init`` creates.
 
     Returns:
-      A :class:`Cell`. Params: ``GRUParams(w_x [I, 3H], w_h [H, 3H], b_x [3H],
+      A :class:`Cell` named ``"gru"`` (``"gru_reset_before"`` with
+      ``reset_after=False``). Params: ``GRUParams(w_x [I, 3H], w_h [H, 3H], b_x [3H],
       b_h [3H])``. Carry: ``h [*batch, H]``, a bare array. Output: ``h'``.
       ``project`` returns one array per gate, ``(x_r, x_z, x_n)``, biases included.
+      Declares: gated, its gates (reset, update, candidate), recurrent scale
+      ``W_h -> g W_h``, and (reset-after form only) the fused backward (matmul
+      ``h W_h``; its ``recur_z`` reads ``b_h``).
     """
     hidden_size = check_positive_int("hidden_size", hidden_size)
     if not isinstance(reset_after, bool):
@@ -130,9 +138,6 @@ def gru(
     def recur_z(params: GRUParams, h: Array, xp, z: Array) -> tuple[Array, Array]:
         return update(h, gates_a(xp, z + params.b_h.astype(z.dtype)))
 
-    def step(params: GRUParams, h: Array, x: Array) -> tuple[Array, Array]:
-        return recur(params, h, project(params, x))
-
     def recur_z_fwd(params: GRUParams, h: Array, xp, z: Array):
         a = z + params.b_h.astype(z.dtype)
         g = gates_a(xp, a)
@@ -164,16 +169,63 @@ def gru(
         )
         return grads, d_xs
 
+    fused = FusedRecurrence(
+        recur_z, reads=("b_h",), vjp=StepVJP(recur_z_fwd, recur_z_bwd, recur_z_finish)
+    )
     return Cell(
+        name="gru" if reset_after else "gru_reset_before",
+        hidden_size=H,
         init=init,
         initial_carry=initial_carry,
         project=project,
         recur=recur,
-        step=step,
-        hidden_size=H,
-        name="gru",
         output=lambda h: h,
+        gated=True,
         gates=gates,
-        recur_z=recur_z if reset_after else None,  # reset-before has r inside the matmul
-        recur_z_vjp=StepVJP(recur_z_fwd, recur_z_bwd, recur_z_finish) if reset_after else None,
+        fused=fused if reset_after else None,  # reset-before has r inside the matmul
+        recurrent_scale=scale_w_h,
     )
+
+
+# ------------------------------------------------------------------ the catalogue
+
+
+def reference(xp, params, h, x, reset_after: bool = True):
+    """One step from the equations in :func:`gru`'s docstring, in the array namespace
+    ``xp`` (the catalogue's float64 reference; independent of the code above)."""
+    w_x, w_h, b_x, b_h = params
+    sigmoid = lambda a: 1.0 / (1.0 + xp.exp(-a))  # noqa: E731
+    x_r, x_z, x_n = xp.split(x @ w_x + b_x, 3, axis=-1)
+    (w_r, w_z, w_n), (b_r, b_z, b_n) = xp.split(w_h, 3, axis=-1), xp.split(b_h, 3, axis=-1)
+    r = sigmoid(x_r + h @ w_r + b_r)
+    z = sigmoid(x_z + h @ w_z + b_z)
+    if reset_after:
+        n = xp.tanh(x_n + r * (h @ w_n + b_n))
+    else:
+        n = xp.tanh(x_n + (r * h) @ w_n + b_n)
+    h_new = (1.0 - z) * n + z * h
+    return h_new, h_new
+
+
+ENTRY = Entry(
+    name="gru",
+    make=gru,
+    reference=reference,
+    matmul_flops=lambda i, h: 2 * NUM_GATES * h * (i + h),
+    # torch.nn.GRU: the same gate order (r, z, n) and reset-after form; both biases kept.
+    torch=TorchMapping(
+        module="GRU",
+        options={},
+        to_params=lambda w: GRUParams(
+            w["weight_ih"].T, w["weight_hh"].T, w["bias_ih"], w["bias_hh"]
+        ),
+        to_torch=lambda p: {
+            "weight_ih": p.w_x.T,
+            "weight_hh": p.w_h.T,
+            "bias_ih": p.b_x,
+            "bias_hh": p.b_h,
+        },
+    ),
+    family="gated",
+    summary="GRU, reset after the recurrent matmul as PyTorch/cuDNN (Cho et al. 2014)",
+)

@@ -10,8 +10,11 @@ import jax.numpy as jnp
 from rnnjax.cells.base import (
     Array,
     Cell,
+    Entry,
+    FusedRecurrence,
     Initializer,
     StepVJP,
+    TorchMapping,
     additive_finish,
     check_input,
     check_positive_int,
@@ -19,6 +22,7 @@ from rnnjax.cells.base import (
     gate_init,
     initialize,
     resolve_batch_shape,
+    scale_w_h,
 )
 
 NUM_GATES = 4
@@ -71,6 +75,8 @@ def lstm(
       Carry: ``LSTMCarry(h, c)``, each ``[*batch, H]``. Output: ``h'``.
       ``project`` returns one array per gate, ``(x_i, x_f, x_g, x_o)``, because that
       layout let XLA:CPU fuse the per-step slice into the gate arithmetic.
+      Declares: gated, its gates (input, forget, candidate, output), the fused
+      backward (matmul ``h W_h``), recurrent scale ``W_h -> g W_h``.
     """
     hidden_size = check_positive_int("hidden_size", hidden_size)
     H = hidden_size
@@ -124,9 +130,6 @@ def lstm(
     def recur_z(params: LSTMParams, carry: LSTMCarry, xp, z) -> tuple[LSTMCarry, Array]:
         return update(carry, gates_z(xp, z))
 
-    def step(params: LSTMParams, carry: LSTMCarry, x: Array) -> tuple[LSTMCarry, Array]:
-        return recur(params, carry, project(params, x))
-
     def recur_z_fwd(params: LSTMParams, carry: LSTMCarry, xp, z):
         a = gates_z(xp, z)
         new, y = update(carry, a)
@@ -155,17 +158,17 @@ def lstm(
         return d_carry, d_z, None
 
     return Cell(
+        name="lstm",
+        hidden_size=H,
         init=init,
         initial_carry=initial_carry,
         project=project,
         recur=recur,
-        step=step,
-        hidden_size=H,
-        name="lstm",
         output=lambda carry: carry.h,
+        gated=True,
         gates=gates,
-        recur_z=recur_z,
-        recur_z_vjp=StepVJP(recur_z_fwd, recur_z_bwd, additive_finish),
+        fused=FusedRecurrence(recur_z, vjp=StepVJP(recur_z_fwd, recur_z_bwd, additive_finish)),
+        recurrent_scale=scale_w_h,
     )
 
 
@@ -190,3 +193,42 @@ def chrono_bias_init(max_timescale: float):
         return jnp.concatenate([-b_f, b_f, zeros, zeros]).astype(dtype)
 
     return init
+
+
+# ------------------------------------------------------------------ the catalogue
+
+
+def reference(xp, params, carry, x):
+    """One step from the equations in :func:`lstm`'s docstring, in the array namespace
+    ``xp`` (the catalogue's float64 reference; independent of the code above)."""
+    w_x, w_h, b = params
+    h, c = carry
+    sigmoid = lambda a: 1.0 / (1.0 + xp.exp(-a))  # noqa: E731
+    i, f, g, o = xp.split(x @ w_x + h @ w_h + b, 4, axis=-1)
+    c_new = sigmoid(f) * c + sigmoid(i) * xp.tanh(g)
+    h_new = sigmoid(o) * xp.tanh(c_new)
+    return LSTMCarry(h_new, c_new), h_new
+
+
+ENTRY = Entry(
+    name="lstm",
+    make=lstm,
+    reference=reference,
+    matmul_flops=lambda i, h: 2 * NUM_GATES * h * (i + h),
+    # torch.nn.LSTM: the same gate order (i, f, g, o); its two biases summed.
+    torch=TorchMapping(
+        module="LSTM",
+        options={"proj_size": 0},
+        to_params=lambda w: LSTMParams(
+            w["weight_ih"].T, w["weight_hh"].T, w["bias_ih"] + w["bias_hh"]
+        ),
+        to_torch=lambda p: {
+            "weight_ih": p.w_x.T,
+            "weight_hh": p.w_h.T,
+            "bias_ih": p.b,
+            "bias_hh": p.b,
+        },
+    ),
+    family="gated",
+    summary="LSTM with a forget gate (Hochreiter & Schmidhuber 1997; Gers et al. 2000)",
+)
