@@ -27,9 +27,9 @@ from rnnjax.checks import check_in_range
 VJPS = ("auto", "fused", "autodiff")
 LOOPS = ("auto", "sequential", "associative")
 # unroll=None: lax.scan's unroll on each backend. On an H200, unroll=8 made every
-# training step and inference of the benchmark 1.2-2.1x faster (each loop step there
-# launches its kernels from the host); on a 2-core CPU it made the LSTM and GRU
-# training steps 0.49-0.79x as fast (benchmarks/README.md, "unroll").
+# training step of the benchmark 1.25-2.08x and every inference 1.16-1.89x faster (each
+# loop step there launches its kernels from the host; results/gpu-h200); on a 2-core
+# CPU it made the LSTM and GRU training steps 0.49-0.79x as fast (benchmarks/README.md).
 DEFAULT_UNROLL = {"gpu": 8}
 BATCH_AXIS = "data"
 # scan's keyword arguments that choose how it runs, not what it computes.
