@@ -217,3 +217,19 @@ def test_copy_accuracy_counts_the_copied_symbols_of_every_sequence():
     np.testing.assert_allclose(task.metrics(wrong, batch)["accuracy"], 0.5)
     blanks_only = jax.nn.one_hot(jnp.zeros_like(batch.targets), 10)
     assert float(task.metrics(blanks_only, batch)["accuracy"]) == 0.0
+
+
+def test_check_batch_refuses_lengths_and_token_ids_out_of_range():
+    """The concrete-data check the compiled step leaves out (README, "Checks")."""
+    from rnnjax.tasks import check_batch
+
+    task = make_task("copy", delay=6, num_symbols=3, eval_size=4)
+    batch = task.sample(jax.random.key(0), 3)
+    assert check_batch(task, batch) is batch
+    steps = batch.inputs.shape[1]
+    bad = batch._replace(lengths=batch.lengths.at[1].set(steps + 1))
+    with pytest.raises(ValueError, match=rf"batch.lengths must lie in \[0, {steps + 1}\)"):
+        check_batch(task, bad)
+    bad = batch._replace(inputs=batch.inputs.at[0, 0].set(task.vocab_size))
+    with pytest.raises(ValueError, match=r"batch.inputs must hold token ids in \[0, \d+\)"):
+        check_batch(task, bad)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from rnnjax.tasks.base import Batch, Task
+from rnnjax.tasks.base import Batch, Task, check_batch
 from rnnjax.tasks.datasets import char_lm, default_corpus, sequential_digits
 from rnnjax.tasks.hello import hello
 from rnnjax.tasks.synthetic import adding, copy_memory
@@ -43,6 +43,7 @@ __all__ = [
     "Task",
     "Vocab",
     "adding",
+    "check_batch",
     "addition",
     "dates",
     "reversal",

@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from rnnjax.checks import check_in_range
+
 Array = jax.Array
 
 
@@ -47,6 +49,23 @@ class Task(NamedTuple):
     metrics: Callable[[Array, Batch], dict]
     baseline: float | None
     info: dict
+
+
+def check_batch(task: Task, batch: Batch) -> Batch:
+    """``batch`` if its lengths lie in ``[0, T]`` and, for token inputs, its ids in the
+    task's vocabulary; a ``ValueError`` naming the field otherwise.
+
+    Where the data is still concrete (a batch made outside ``jit``, the held-out set),
+    this is the check that a compiled step leaves out: ``scan`` and the embedding only
+    check traced lengths and ids under ``checkify`` (README, "Checks")."""
+    steps = jnp.shape(batch.inputs)[1]
+    check_in_range("batch.lengths", batch.lengths, 0, steps + 1, f"[0, T], T = {steps}")
+    if task.vocab_size is not None:
+        check_in_range(
+            "batch.inputs", batch.inputs, 0, task.vocab_size, "the vocabulary",
+            verb="hold token ids in",
+        )  # fmt: skip
+    return batch
 
 
 def check_positive(name: str, value, minimum: int = 1) -> int:
