@@ -200,6 +200,25 @@ class Entry(NamedTuple):
     summary: str = ""
 
 
+def summed_bias_mapping(module: str, options: dict, params_class) -> TorchMapping:
+    """The :class:`TorchMapping` of a cell whose params are ``(w_x, w_h, b)`` with
+    ``w_x = weight_ih^T``, ``w_h = weight_hh^T`` and one bias ``b = bias_ih + bias_hh``
+    (the Elman RNN and the LSTM: PyTorch's two biases only ever appear summed)."""
+    return TorchMapping(
+        module=module,
+        options=options,
+        to_params=lambda w: params_class(
+            w["weight_ih"].T, w["weight_hh"].T, w["bias_ih"] + w["bias_hh"]
+        ),
+        to_torch=lambda p: {
+            "weight_ih": p.w_x.T,
+            "weight_hh": p.w_h.T,
+            "bias_ih": p.b,
+            "bias_hh": p.b,
+        },
+    )
+
+
 def sum_over_batch(a: Array) -> Array:
     """``a [..., F]`` summed over every leading dimension: ``[F]``."""
     return a.reshape(-1, a.shape[-1]).sum(axis=0)

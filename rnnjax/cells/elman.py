@@ -15,7 +15,6 @@ from rnnjax.cells.base import (
     FusedRecurrence,
     Initializer,
     StepVJP,
-    TorchMapping,
     additive_finish,
     check_input,
     check_positive_int,
@@ -23,6 +22,7 @@ from rnnjax.cells.base import (
     initialize,
     resolve_batch_shape,
     scale_w_h,
+    summed_bias_mapping,
 )
 
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
@@ -163,23 +163,6 @@ def reference(xp, params, h, x, activation: str = "tanh"):
     return h_new, h_new
 
 
-def _torch(nonlinearity: str) -> TorchMapping:
-    # torch.nn.RNN: h' = phi(x W_ih^T + b_ih + h W_hh^T + b_hh); the two biases summed.
-    return TorchMapping(
-        module="RNN",
-        options={"nonlinearity": nonlinearity},
-        to_params=lambda w: ElmanParams(
-            w["weight_ih"].T, w["weight_hh"].T, w["bias_ih"] + w["bias_hh"]
-        ),
-        to_torch=lambda p: {
-            "weight_ih": p.w_x.T,
-            "weight_hh": p.w_h.T,
-            "bias_ih": p.b,
-            "bias_hh": p.b,
-        },
-    )
-
-
 def _entry(activation: str) -> Entry:
     def make(hidden_size, **options):
         return elman(hidden_size, activation=activation, **options)
@@ -192,7 +175,8 @@ def _entry(activation: str) -> Entry:
         make=make,
         reference=ref,
         matmul_flops=lambda i, h: 2 * h * (i + h),
-        torch=_torch(activation),
+        # torch.nn.RNN: h' = phi(x W_ih^T + b_ih + h W_hh^T + b_hh).
+        torch=summed_bias_mapping("RNN", {"nonlinearity": activation}, ElmanParams),
         family="classic",
         summary=f"Elman RNN, {activation} (Elman 1990)",
     )

@@ -14,7 +14,6 @@ from rnnjax.cells.base import (
     FusedRecurrence,
     Initializer,
     StepVJP,
-    TorchMapping,
     additive_finish,
     check_input,
     check_positive_int,
@@ -23,6 +22,7 @@ from rnnjax.cells.base import (
     initialize,
     resolve_batch_shape,
     scale_w_h,
+    summed_bias_mapping,
 )
 
 NUM_GATES = 4
@@ -216,19 +216,7 @@ ENTRY = Entry(
     reference=reference,
     matmul_flops=lambda i, h: 2 * NUM_GATES * h * (i + h),
     # torch.nn.LSTM: the same gate order (i, f, g, o); its two biases summed.
-    torch=TorchMapping(
-        module="LSTM",
-        options={"proj_size": 0},
-        to_params=lambda w: LSTMParams(
-            w["weight_ih"].T, w["weight_hh"].T, w["bias_ih"] + w["bias_hh"]
-        ),
-        to_torch=lambda p: {
-            "weight_ih": p.w_x.T,
-            "weight_hh": p.w_h.T,
-            "bias_ih": p.b,
-            "bias_hh": p.b,
-        },
-    ),
+    torch=summed_bias_mapping("LSTM", {"proj_size": 0}, LSTMParams),
     family="gated",
     summary="LSTM with a forget gate (Hochreiter & Schmidhuber 1997; Gers et al. 2000)",
 )
