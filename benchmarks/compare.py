@@ -44,6 +44,15 @@ def compare(a: dict, b: dict) -> list[dict]:
     return out
 
 
+def unpaired(a: dict, b: dict) -> tuple[list[str], list[str]]:
+    """The ``config cell mode`` rows timed in only A, and in only B. Cells are paired by
+    the name each run recorded (runs before the cell catalogue named the Elman tanh RNN
+    ``rnn``, later ones ``rnn_tanh``), so such rows are listed, not dropped silently."""
+    keys = [[(r["config"], r["cell"], r["mode"]) for r in x["rows"]] for x in (a, b)]
+    only = [[k for k in mine if k not in set(other)] for mine, other in (keys, keys[::-1])]
+    return tuple([" ".join(k) for k in ks] for ks in only)
+
+
 def _describe(label: str, record: dict) -> str:
     env = record["environment"]
     alloc = env.get("allocator")
@@ -74,6 +83,9 @@ def markdown(a: dict, b: dict, label_a: str = "A", label_b: str = "B") -> str:
             f"| {r['config']} | {r['cell']} | {r['mode']} | {r['backend']} | "
             f"{r['a_ms']:.2f} | {r['b_ms']:.2f} | {r['a_over_b']:.2f} |"
         )
+    for label, rows in zip((label_a, label_b), unpaired(a, b)):
+        if rows:
+            lines += ["", f"Timed only in {label} (not compared): {', '.join(rows)}."]
     return "\n".join(lines) + "\n"
 
 

@@ -11,10 +11,11 @@
 # 3. XLA's own levers for a launch-bound loop (issue 22): the small configuration with
 #    the while loop captured as a CUDA graph (--xla_gpu_enable_command_buffer=+WHILE,
 #    +CONDITIONAL) and with the graph's loop unrolled (+ command_buffer_unroll_loops),
-#    each in its own process (XLA reads its flags once), rnnjax and unroll=8 beside
-#    PyTorch/cuDNN in the same run, so the per-round ratios compare across processes;
-# 4. the benchmark (benchmarks/run.py): every cell at small/medium/large, rnnjax's
-#    default plan and JAX's own backward, Flax, PyTorch on cuDNN and
+#    each in its own process (XLA reads its flags once), rnnjax (unroll=8 on a GPU)
+#    and unroll=1 beside PyTorch/cuDNN in the same run, so the per-round ratios
+#    compare across processes;
+# 4. the benchmark (benchmarks/run.py): the tanh RNN, LSTM and GRU at small/medium/large,
+#    rnnjax's default plan, JAX's own backward and unroll=1, Flax, PyTorch on cuDNN and
 #    jax.experimental.rnn's cuDNN LSTM, float32 with TF32 off in every backend;
 # 5. the main job's smoke run (experiments/vanishing_gradients.py, tiny) on the GPU.
 #
@@ -62,14 +63,14 @@ for lever in graph graph-unrolled; do
   flags=$graph
   [ "$lever" = graph-unrolled ] && flags="$graph --xla_gpu_command_buffer_unroll_loops=true"
   XLA_FLAGS="$flags" timeout "${LEVER_S:-45}" "$py" benchmarks/run.py --configs small \
-    --backends rnnjax,rnnjax-unroll,torch --rounds 5 --min_sample 0.03 --no-sweep \
+    --cells rnn_tanh,lstm,gru --backends rnnjax,rnnjax-unroll1,torch --rounds 5 --min_sample 0.03 --no-sweep \
     --out "$out/levers-$lever" >>"$log" 2>&1
   echo "lever $lever exit status $?" | tee -a "$log"
 done
 
 step "benchmark"
 timeout "${BENCH_S:-180}" "$py" benchmarks/run.py \
-  --backends rnnjax,rnnjax-autodiff,flax,torch,cudnn \
+  --cells rnn_tanh,lstm,gru --backends rnnjax,rnnjax-autodiff,rnnjax-unroll1,flax,torch,cudnn \
   --rounds "${ROUNDS:-5}" --min_sample "${MIN_SAMPLE:-0.03}" --no-sweep \
   --out "$out/bench" >>"$log" 2>&1
 echo "benchmark exit status $?" | tee -a "$log"
@@ -81,4 +82,4 @@ timeout "${SMOKE_S:-30}" "$py" experiments/vanishing_gradients.py --forget_train
   --no-progress --out /tmp/rnnjax-smoke >>"$log" 2>&1
 echo "smoke exit status $?" | tee -a "$log"
 step "done"
-grep -E "^(gate|small|medium|large|Wrote)|max \||  (rnn|lstm|gru) |Error|error" "$log" | tail -80
+grep -E "^(gate|small|medium|large|Wrote)|max \||  (rnn_tanh|lstm|gru) |Error|error" "$log" | tail -80

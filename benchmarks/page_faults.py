@@ -30,8 +30,9 @@ from pathlib import Path
 import numpy as np
 import run  # the benchmark's sizes, the allocator record
 
+from rnnjax import cells as catalogue
+
 SIZES = {k: run.CONFIGS[k] for k in ("small", "medium", "large")}
-CELLS = ("rnn", "gru", "lstm")
 
 
 def _faults() -> int:
@@ -45,7 +46,7 @@ def measure(cell_name: str, size: str, calls: int, warmup: int) -> dict:
     import rnnjax
 
     B, T, I, H = SIZES[size]
-    cell = {"lstm": rnnjax.lstm, "gru": rnnjax.gru, "rnn": rnnjax.elman}[cell_name](H)
+    cell = catalogue.make_cell(cell_name, H)
     params = cell.init(jax.random.key(0), I)
     x = jax.random.normal(jax.random.key(1), (B, T, I))
     y = jax.random.normal(jax.random.key(2), (B, T, H))
@@ -104,14 +105,19 @@ def markdown(record: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="small,medium,large")
-    parser.add_argument("--cells", default=",".join(CELLS))
+    parser.add_argument(
+        "--cells",
+        default=",".join(catalogue.names()),
+        help=f"cells of the catalogue (default: every one), from {list(catalogue.names())}",
+    )
     parser.add_argument("--calls", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--keep_freed_memory", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("results/page-faults"))
     args = parser.parse_args(argv)
     sizes, cells = args.sizes.split(","), args.cells.split(",")
-    for name, values, allowed in (("--sizes", sizes, SIZES), ("--cells", cells, CELLS)):
+    allowed_cells = catalogue.names()
+    for name, values, allowed in (("--sizes", sizes, SIZES), ("--cells", cells, allowed_cells)):
         if bad := [v for v in values if v not in allowed]:
             parser.error(f"{name} must be names from {sorted(allowed)}; got {bad}")
     for name in ("calls", "warmup"):

@@ -1,16 +1,20 @@
 """The backends ``benchmarks/run.py`` times: rnnjax and what a researcher would use instead.
 
-Every backend computes the same function from the same weights, given in PyTorch's
-layout (``weight_ih [G*H, I]``, ``weight_hh [G*H, H]``, ``bias_ih``, ``bias_hh [G*H]``;
-gate order (i, f, g, o) for the LSTM, (r, z, n) for the GRU):
+Every backend computes the same function from the same weights:
 
     ys = cell run over x [B, T, I] from a zero state       (inference)
     L = 0.5 * mean((ys - y)^2), dL/d(every weight)           (training step)
 
-Each backend maps the weights into its own parameters and its gradients back, so the
-correctness gate compares outputs, losses and gradients in one layout. A backend whose
-library is missing, or which has no such cell, raises :class:`Unavailable` with the
-reason, and the benchmark reports it as skipped.
+The cells are the catalogue's (:mod:`rnnjax.cells`), by their canonical names. The
+weights of a cell the catalogue maps to PyTorch (``Entry.torch``) are given in
+PyTorch's layout (``weight_ih [G*H, I]``, ``weight_hh [G*H, H]``, ``bias_ih``,
+``bias_hh [G*H]``; gate order (i, f, g, o) for the LSTM, (r, z, n) for the GRU); those
+of any other cell (a user's, registered) in the cell's own params layout, keyed by
+the params' field names (:func:`layout`). Each backend maps the weights into its own
+parameters and its gradients back, so the correctness gate compares outputs, losses
+and gradients in one layout. A backend whose library is missing, or which has no such
+cell, raises :class:`Unavailable` with the reason, and the benchmark reports it as
+skipped.
 """
 
 from __future__ import annotations
@@ -19,13 +23,13 @@ import contextlib
 import dataclasses
 import functools
 import importlib
-import os
 import time
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+# PyTorch's weights of one layer and direction (``torch.nn.LSTM``'s ``weight_ih_l0``...).
 NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
 
@@ -39,7 +43,7 @@ class Impl:
 
     ``infer()`` / ``train()`` run one forward / one training step and wait for it to
     finish; ``result()`` returns ``(ys, loss, grads)`` as NumPy with the grads in the
-    PyTorch layout; ``memory`` maps a mode to the bytes XLA's compiled program
+    weights' layout (:func:`layout`); ``memory`` maps a mode to the bytes XLA's compiled program
     allocates (temporaries + arguments + outputs), where the backend is XLA's.
     ``first_call_s`` holds, per mode, the seconds of the very first call (tracing and
     compiling included), whichever of the gate or the timing made it.
@@ -74,77 +78,145 @@ def _jax_block(out):
     jax.block_until_ready(out)
 
 
+def _entry(cell: str):
+    """The catalogue's entry for ``cell`` (imported here: ``report.py`` imports this
+    module without JAX)."""
+    from rnnjax import cells
+
+    return cells.get(cell)
+
+
+class Layout(NamedTuple):
+    """How the benchmark lays out one cell's weights, and every backend's gradients.
+
+    Attributes:
+      torch: whether the layout is PyTorch's (:data:`NAMES`): for a cell the catalogue
+        maps to PyTorch, so every peer and past runs use the same weights. Otherwise
+        the cell's own params, one entry per leaf, named by its field (``"w_x"``; a
+        nested field ``"a.b"``).
+      names: the weights' names, in order.
+      to_params: ``to_params(w) -> params``: the weights as the cell's params, in any
+        array namespace (NumPy, ``jax.numpy``; differentiable).
+      from_params: ``from_params(params) -> w``: params, or their gradients, in this
+        layout, as NumPy.
+    """
+
+    torch: bool
+    names: tuple[str, ...]
+    to_params: Callable[[dict], Any]
+    from_params: Callable[[Any], dict[str, np.ndarray]]
+
+
+def layout(cell: str, input_size: int, hidden: int) -> Layout:
+    """The benchmark's :class:`Layout` for the catalogue cell ``cell`` of these sizes."""
+    entry = _entry(cell)
+    if entry.torch is not None:
+        mapping = entry.torch
+
+        def from_torch_params(params) -> dict[str, np.ndarray]:
+            w = mapping.to_torch(params)
+            if set(w) != set(NAMES):
+                raise ValueError(f"{cell}: Entry.torch.to_torch gave {sorted(w)}, not {NAMES}")
+            return {k: np.asarray(w[k]) for k in NAMES}
+
+        return Layout(True, NAMES, mapping.to_params, from_torch_params)
+
+    import jax
+
+    like = entry.make(hidden).init(jax.random.key(0), input_size)
+    paths, treedef = jax.tree_util.tree_flatten_with_path(like)
+    names = tuple(jax.tree_util.keystr(path, simple=True, separator=".") for path, _ in paths)
+    if len(set(names)) != len(names):
+        raise ValueError(f"{cell}: the params' leaves need distinct names; got {names}")
+
+    def to_params(w: dict):
+        return jax.tree.unflatten(treedef, [w[k] for k in names])
+
+    def from_params(params) -> dict[str, np.ndarray]:
+        leaves, got = jax.tree.flatten(params)
+        if got != treedef:
+            raise ValueError(f"{cell}: expected params (or gradients) {treedef}; got {got}")
+        return {k: np.asarray(v) for k, v in zip(names, leaves)}
+
+    return Layout(False, names, to_params, from_params)
+
+
 def weights(cell: str, input_size: int, hidden: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """PyTorch's default initialisation, U(-1/sqrt(H), 1/sqrt(H)), from ``seed``."""
-    g, bound = GATES[cell], 1.0 / np.sqrt(hidden)
-    rng = np.random.default_rng(seed)
-    shapes = {
-        "weight_ih": (g * hidden, input_size),
-        "weight_hh": (g * hidden, hidden),
-        "bias_ih": (g * hidden,),
-        "bias_hh": (g * hidden,),
-    }
-    return {k: rng.uniform(-bound, bound, s).astype(np.float32) for k, s in shapes.items()}
+    """The weights every backend gets, float32, from ``seed``.
+
+    A cell the catalogue maps to PyTorch: PyTorch's layout and default initialisation,
+    U(-1/sqrt(H), 1/sqrt(H)), drawn in the order of :data:`NAMES` (the shapes from the
+    mapping). Any other cell: ``cell.init`` in the cell's own layout, except that a
+    leaf ``init`` made constant (a zero bias, a forget-gate bias of ones) gets
+    U(-1/sqrt(H), 1/sqrt(H)) added, so the gate checks its gradient where it moves the
+    outputs."""
+    import jax
+
+    lay = layout(cell, input_size, hidden)
+    params = _entry(cell).make(hidden).init(jax.random.key(seed), input_size)
+    rng, bound = np.random.default_rng(seed), 1.0 / np.sqrt(hidden)
+    made = lay.from_params(params)
+    if lay.torch:
+        return {k: rng.uniform(-bound, bound, made[k].shape).astype(np.float32) for k in NAMES}
+    w = {}
+    for k in lay.names:
+        v = np.asarray(made[k], np.float32)
+        if v.size and np.all(v == v.flat[0]):
+            v = (v + rng.uniform(-bound, bound, v.shape)).astype(np.float32)
+        w[k] = v
+    return w
 
 
-def reference_step(xp, cell: str, w: dict, carry: tuple, x_t):
-    """One step of ``cell`` in PyTorch's layout and gate order, in the array namespace
-    ``xp`` (NumPy for the outputs, ``jax.numpy`` for gradients): the gate's yardstick,
-    written here apart from every library timed."""
-    h, c = carry
-    sig = lambda a: 1.0 / (1.0 + xp.exp(-a))  # noqa: E731
-    a = x_t @ w["weight_ih"].T + w["bias_ih"]
-    b = h @ w["weight_hh"].T + w["bias_hh"]
-    if cell == "lstm":
-        i, f, g, o = xp.split(a + b, 4, axis=-1)
-        c = sig(f) * c + sig(i) * xp.tanh(g)
-        h = sig(o) * xp.tanh(c)
-    elif cell == "gru":
-        (ar, az, an), (br, bz, bn) = xp.split(a, 3, -1), xp.split(b, 3, -1)
-        r, z = sig(ar + br), sig(az + bz)
-        n = xp.tanh(an + r * bn)
-        h = (1 - z) * n + z * h
-    else:
-        h = xp.tanh(a + b)
-    return h, c
+def _zero_carry(entry, hidden: int, batch: int, zeros):
+    """The cell's zero carry for ``batch`` examples, its leaves made by ``zeros(shape)``."""
+    import jax
+
+    return jax.tree.map(lambda a: zeros(a.shape), entry.make(hidden).initial_carry((batch,)))
 
 
-def reference(cell: str, w: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
-    """The outputs in float64 NumPy, one step at a time."""
-    w = {k: v.astype(np.float64) for k, v in w.items()}
+def reference(cell: str, w: dict[str, np.ndarray], x: np.ndarray, hidden: int) -> np.ndarray:
+    """The outputs in float64 NumPy, one step at a time: the catalogue's reference
+    (``Entry.reference``, the cell's equations written apart from its JAX code)."""
+    entry = _entry(cell)
+    lay = layout(cell, x.shape[-1], hidden)
+    params = lay.to_params({k: np.asarray(v, np.float64) for k, v in w.items()})
     x = x.astype(np.float64)
     batch, steps, _ = x.shape
-    hidden = w["weight_hh"].shape[1]
-    carry = (np.zeros((batch, hidden)), np.zeros((batch, hidden)))
+    carry = _zero_carry(entry, hidden, batch, lambda s: np.zeros(s, np.float64))
     ys = np.empty((batch, steps, hidden))
     for t in range(steps):
-        carry = reference_step(np, cell, w, carry, x[:, t])
-        ys[:, t] = carry[0]
+        carry, ys[:, t] = entry.reference(np, params, carry, x[:, t])
     return ys
 
 
 def reference_grads(cell: str, w: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray):
-    """The loss's gradients in float64: JAX's autodiff of :func:`reference_step` under
-    ``lax.scan``, for runs without PyTorch (whose float64 module is the usual source)."""
+    """The loss's gradients in float64, in the weights' layout: JAX's autodiff of the
+    catalogue's reference step (``Entry.reference`` with ``jax.numpy``) under
+    ``lax.scan``, for a cell PyTorch does not have or a run without PyTorch (whose
+    float64 module is the usual source)."""
     import jax
     import jax.numpy as jnp
 
+    entry = _entry(cell)
+    hidden = y.shape[-1]
+    lay = layout(cell, x.shape[-1], hidden)
     with jax.enable_x64(True):
         w64 = {k: jnp.asarray(v, jnp.float64) for k, v in w.items()}
         xs = jnp.asarray(x, jnp.float64).swapaxes(0, 1)
         target = jnp.asarray(y, jnp.float64)
-        zeros = jnp.zeros((x.shape[0], w["weight_hh"].shape[1]), jnp.float64)
+        zeros = _zero_carry(entry, hidden, x.shape[0], lambda s: jnp.zeros(s, jnp.float64))
 
         def loss(w):
-            def body(carry, x_t):
-                carry = reference_step(jnp, cell, w, carry, x_t)
-                return carry, carry[0]
+            params = lay.to_params(w)
 
-            _, ys = jax.lax.scan(body, (zeros, zeros), xs)
+            def body(carry, x_t):
+                return entry.reference(jnp, params, carry, x_t)
+
+            _, ys = jax.lax.scan(body, zeros, xs)
             return 0.5 * jnp.mean((ys.swapaxes(0, 1) - target) ** 2)
 
         grads = jax.jit(jax.grad(loss))(w64)
-        return {k: np.asarray(grads[k]) for k in NAMES}
+        return {k: np.asarray(grads[k]) for k in lay.names}
 
 
 def _require(module: str, extra: str):
@@ -157,9 +229,12 @@ def _require(module: str, extra: str):
 # --------------------------------------------------------------------------- JAX
 
 
-def _jax_impl(forward, params, x, y, to_torch, *, jit=None, value_and_grad=None, mesh=None) -> Impl:
-    """Jit-compiled inference and training step for a JAX ``forward(params, x)``; with
-    a ``mesh``, the batch split over its devices and the calls made under it (what
+def _jax_impl(
+    forward, params, x, y, to_layout, *, jit=None, value_and_grad=None, mesh=None
+) -> Impl:
+    """Jit-compiled inference and training step for a JAX ``forward(params, x)``, its
+    gradients put in the weights' layout by ``to_layout``; with a ``mesh``, the batch
+    split over its devices and the calls made under it (what
     ``rnnjax.distributed.parallel_step`` does)."""
     import jax
     import jax.numpy as jnp
@@ -207,7 +282,7 @@ def _jax_impl(forward, params, x, y, to_torch, *, jit=None, value_and_grad=None,
 
     def result():
         value, grads = train_fn(params, x, y)
-        return np.asarray(infer_fn(params, x)), float(value), to_torch(grads)
+        return np.asarray(infer_fn(params, x)), float(value), to_layout(grads)
 
     return Impl(
         infer=lambda: jax.block_until_ready(infer_fn(params, x)),
@@ -216,23 +291,6 @@ def _jax_impl(forward, params, x, y, to_torch, *, jit=None, value_and_grad=None,
         memory=memory,
         first_call_s=first,
     )
-
-
-@contextlib.contextmanager
-def _env(name: str, value: str | None):
-    """``os.environ[name] = value`` inside the block (nothing if ``value`` is None)."""
-    if value is None:
-        yield
-        return
-    before = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ[name]
-        else:
-            os.environ[name] = before
 
 
 def _split(a: np.ndarray, g: int) -> list[np.ndarray]:
@@ -247,18 +305,21 @@ def rnnjax_impl(
     vjp: str = "auto",
     remat=None,
     devices=False,
-    hoist: str | None = None,
-    unroll: int = 1,
+    hoist: bool | None = None,
+    unroll: int | None = None,
 ) -> Impl:
-    """``rnnjax.scan`` over ``rnnjax.lstm`` / ``gru`` / ``elman`` (batch-major input),
-    with the backward pass ``vjp`` names (``"fused"``: the cuDNN-style custom VJP),
-    ``remat`` (``True``: rematerialised over chunks of sqrt(T) steps), the input
-    projection's placement ``hoist`` forces (``"1"``: one matmul before the loop, ``"0"``:
-    per step inside it; ``None``: ``rnnjax.scan``'s choice), ``lax.scan``'s ``unroll``
-    (both loops of the fused backward) and, with
-    ``devices``, the batch split over every device JAX sees (on a CPU, host devices
-    forced with ``--host_devices``: XLA runs a small per-step matmul on one core, so a
-    batch split is how a loop uses several)."""
+    """``rnnjax.scan`` over the catalogue's cell (batch-major input), with ``scan``'s
+    plan options: the backward pass ``vjp`` names (``"fused"``: the cuDNN-style custom
+    VJP), ``remat`` (``True``: rematerialised over chunks of sqrt(T) steps), the input
+    projection's placement ``hoist`` (``True``: one matmul before the loop, ``False``:
+    per step inside it), ``lax.scan``'s ``unroll`` (both loops of the fused backward);
+    ``None`` or ``"auto"``: ``rnnjax.scan``'s own choice. With ``devices``, the batch
+    split over every device JAX sees (on a CPU, host devices forced with
+    ``--host_devices``: XLA runs a small per-step matmul on one core, so a batch split
+    is how a loop uses several).
+
+    An option the cell cannot take (``vjp="fused"`` for a cell that declares no fused
+    recurrence, say: ``rnnjax.plan`` refuses it) makes the variant :class:`Unavailable`."""
     import jax
     import jax.numpy as jnp
 
@@ -277,67 +338,67 @@ def rnnjax_impl(
             raise Unavailable(f"batch {x.shape[0]} does not split over {n} devices")
         mesh = distributed.data_mesh()
 
-    hidden = w["weight_hh"].shape[1]
-    if cell == "gru":
-        core = rnnjax.gru(hidden)
-        params = rnnjax.GRUParams(
-            jnp.asarray(w["weight_ih"].T),
-            jnp.asarray(w["weight_hh"].T),
-            jnp.asarray(w["bias_ih"]),
-            jnp.asarray(w["bias_hh"]),
-        )
-    else:
-        core = rnnjax.lstm(hidden) if cell == "lstm" else rnnjax.elman(hidden)
-        kind = rnnjax.LSTMParams if cell == "lstm" else rnnjax.ElmanParams
-        params = kind(
-            jnp.asarray(w["weight_ih"].T),
-            jnp.asarray(w["weight_hh"].T),
-            jnp.asarray(w["bias_ih"] + w["bias_hh"]),
-        )
+    hidden = y.shape[-1]
+    core = _entry(cell).make(hidden)
+    lay = layout(cell, x.shape[-1], hidden)
+    params = jax.tree.map(jnp.asarray, lay.to_params(w))
+    options = {"vjp": vjp, "remat": remat, "hoist": hoist, "unroll": unroll}
+    chosen = {k: v for k, v in options.items() if v not in (None, "auto")}
+    if chosen:
+        try:
+            rnnjax.plan(core, params, jnp.asarray(x), **options)
+        except ValueError as err:  # its message names the option and the reason
+            raise Unavailable(f"rnnjax.plan refuses it: {err}") from None
 
     def forward(p, x):
-        # Runs only while jit traces: RNNJAX_HOIST, read then, is set for the trace.
-        with _env("RNNJAX_HOIST", hoist):
-            return rnnjax.scan(core, p, x, vjp=vjp, remat=remat, unroll=unroll)[1]
+        return rnnjax.scan(core, p, x, **options)[1]
 
-    def to_torch(g):
-        out = {"weight_ih": np.asarray(g.w_x).T, "weight_hh": np.asarray(g.w_h).T}
-        if cell == "gru":
-            out.update(bias_ih=np.asarray(g.b_x), bias_hh=np.asarray(g.b_h))
-        else:
-            out.update(bias_ih=np.asarray(g.b), bias_hh=np.asarray(g.b))
-        return out
+    return _jax_impl(forward, params, x, y, lay.from_params, mesh=mesh)
 
-    return _jax_impl(forward, params, x, y, to_torch, mesh=mesh)
+
+# Flax linen's cells, by the catalogue cell each computes: its variants, their gate
+# names in PyTorch's order, where the cell keeps its bias ("hidden": one bias on the
+# hidden side; "input": one on the input side; "gru": both of PyTorch's, with b_hn
+# inside r * (.)), and the activation a SimpleCell takes.
+class FlaxCells(NamedTuple):
+    variants: tuple[str, ...]
+    gates: tuple[str, ...]
+    bias: str
+    activation: str | None = None
 
 
 FLAX_CELLS = {
-    "lstm": ("OptimizedLSTMCell", "LSTMCell"),
-    "gru": ("GRUCell",),
-    "rnn": ("SimpleCell",),
+    "lstm": FlaxCells(("OptimizedLSTMCell", "LSTMCell"), tuple("ifgo"), "hidden"),
+    "gru": FlaxCells(("GRUCell",), ("r", "z", "n"), "gru"),
+    "rnn_tanh": FlaxCells(("SimpleCell",), ("",), "input", "tanh"),
+    "rnn_relu": FlaxCells(("SimpleCell",), ("",), "input", "relu"),
 }
-_FLAX_GATES = {"lstm": "ifgo", "gru": ("r", "z", "n"), "rnn": ("",)}
+# Equinox's cells, by the catalogue cell each computes (Equinox has no Elman cell).
+EQUINOX_CELLS = {"lstm": "LSTMCell", "gru": "GRUCell"}
 
 
 def flax_impl(cell: str, w, x, y, variant: str) -> Impl:
-    """Flax linen ``nn.RNN`` over one of its cells (``variant``)."""
+    """Flax linen ``nn.RNN`` over one of its cells (``variant``), for the catalogue
+    cells :data:`FLAX_CELLS` names."""
     import jax
     import jax.numpy as jnp
 
+    spec = _flax_cells(cell)
     nn = _require("flax.linen", "pip install flax")
     hidden = w["weight_hh"].shape[1]
-    module = nn.RNN(getattr(nn, variant)(features=hidden))
+    options = {"activation_fn": getattr(nn, spec.activation)} if spec.activation else {}
+    module = nn.RNN(getattr(nn, variant)(features=hidden, **options))
     init = module.init(jax.random.key(0), jnp.asarray(x[:1, :2]))["params"]
-    gates = _FLAX_GATES[cell]
+    gates = spec.gates
     wi, wh = _split(w["weight_ih"], len(gates)), _split(w["weight_hh"], len(gates))
     bi, bh = _split(w["bias_ih"], len(gates)), _split(w["bias_hh"], len(gates))
     p = jax.tree.map(np.asarray, jax.device_get(init))["cell"]
     for k, g in enumerate(gates):
         p[f"i{g}"]["kernel"] = wi[k].T
         p[f"h{g}"]["kernel"] = wh[k].T
-        if cell == "lstm":  # one bias, on the hidden side
+        if spec.bias == "hidden":  # one bias, on the hidden side
             p[f"h{g}"]["bias"] = bi[k] + bh[k]
-        elif cell == "rnn":  # one bias, on the input side
+        elif spec.bias == "input":  # one bias, on the input side
             p[f"i{g}"]["bias"] = bi[k] + bh[k]
         elif g == "n":  # b_hn sits inside r * (.), as in PyTorch
             p["in"]["bias"], p["hn"]["bias"] = bi[k], bh[k]
@@ -357,10 +418,10 @@ def flax_impl(cell: str, w, x, y, variant: str) -> Impl:
             "weight_ih": np.concatenate([g[f"i{c}"]["kernel"].T for c in gates]),
             "weight_hh": np.concatenate([g[f"h{c}"]["kernel"].T for c in gates]),
         }
-        if cell == "lstm":
+        if spec.bias == "hidden":
             b = np.concatenate([g[f"h{c}"]["bias"] for c in gates])
             out.update(bias_ih=b, bias_hh=b)
-        elif cell == "rnn":
+        elif spec.bias == "input":
             out.update(bias_ih=g["i"]["bias"], bias_hh=g["i"]["bias"])
         else:
             out["bias_ih"] = np.concatenate([g[f"i{c}"]["bias"] for c in gates])
@@ -370,15 +431,25 @@ def flax_impl(cell: str, w, x, y, variant: str) -> Impl:
     return _jax_impl(forward, params, x, y, to_torch)
 
 
+def _flax_cells(cell: str) -> FlaxCells:
+    if cell not in FLAX_CELLS:
+        raise Unavailable(
+            f"Flax linen has no cell for {cell} (it has cells for {', '.join(FLAX_CELLS)})"
+        )
+    return FLAX_CELLS[cell]
+
+
 def equinox_impl(cell: str, w, x, y) -> Impl:
     """Equinox ``LSTMCell`` / ``GRUCell`` under ``lax.scan``, vmapped over the batch (as
     its documentation shows), with ``eqx.filter_jit`` and ``filter_value_and_grad``."""
     import jax
     import jax.numpy as jnp
 
+    if cell not in EQUINOX_CELLS:
+        raise Unavailable(
+            f"Equinox has no {cell} cell (it has {', '.join(EQUINOX_CELLS.values())})"
+        )
     eqx = _require("equinox", "pip install rnnjax[bench]")
-    if cell == "rnn":
-        raise Unavailable("Equinox has no Elman (simple RNN) cell")
     hidden, inputs = w["weight_hh"].shape[1], w["weight_ih"].shape[1]
     key = jax.random.key(0)
     if cell == "lstm":
@@ -479,16 +550,17 @@ def cudnn_impl(cell: str, w, x, y) -> Impl:
 
 
 def torch_impl(cell: str, w, x, y) -> Impl:
-    """``torch.nn.LSTM`` / ``GRU`` / ``RNN`` (batch_first): oneDNN on a CPU, cuDNN on a
+    """The PyTorch module the catalogue maps ``cell`` to (``Entry.torch``: ``nn.LSTM``,
+    ``nn.GRU``, ``nn.RNN`` with its options), batch_first: oneDNN on a CPU, cuDNN on a
     GPU (chosen when JAX runs on a GPU and torch sees CUDA)."""
+    mapping = torch_mapping(cell)
     torch = _require("torch", "pip install rnnjax[torch]")
     import jax
 
-    cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell]
     gpu = jax.default_backend() == "gpu" and torch.cuda.is_available()
     device = torch.device("cuda" if gpu else "cpu")
     hidden, inputs = w["weight_hh"].shape[1], w["weight_ih"].shape[1]
-    module = cls(inputs, hidden, batch_first=True).to(device)
+    module = torch_module(torch, mapping, inputs, hidden).to(device)
     with torch.no_grad():
         for k in NAMES:
             getattr(module, f"{k}_l0").copy_(torch.from_numpy(w[k]))
@@ -524,6 +596,20 @@ def torch_impl(cell: str, w, x, y) -> Impl:
     return Impl(infer=infer, train=train, result=result, first_call_s=first)
 
 
+def torch_mapping(cell: str):
+    """The catalogue's PyTorch mapping of ``cell``; :class:`Unavailable` where it has none."""
+    mapping = _entry(cell).torch
+    if mapping is None:
+        raise Unavailable(f"PyTorch has no {cell} cell (the catalogue maps none to it)")
+    return mapping
+
+
+def torch_module(torch, mapping, inputs: int, hidden: int):
+    """One layer of ``torch.nn.<mapping.module>`` with the mapping's options."""
+    cls = getattr(torch.nn, mapping.module)
+    return cls(inputs, hidden, batch_first=True, **mapping.options)
+
+
 def torch_info() -> dict:
     try:
         import torch
@@ -550,6 +636,7 @@ VARIANTS = (
     "rnnjax-in-loop",
     "rnnjax-devices",
     "rnnjax-unroll",
+    "rnnjax-unroll1",
 )
 UNROLL = 8  # the rnnjax-unroll variant's: for a GPU, where each loop step costs launches
 
@@ -564,7 +651,11 @@ def build(backend: str, cell: str, w, x, y) -> dict[str, Impl | Exception]:
     Impl the exception building it raised: :class:`Unavailable` (the run reports it as
     skipped) or any other (a broken backend: the run reports it as failing the gate)."""
     if backend == "flax":
-        makers = {f"flax/{v}": functools.partial(flax_impl, variant=v) for v in FLAX_CELLS[cell]}
+        try:
+            variants = _flax_cells(cell).variants
+        except Unavailable as why:  # no variant to name: the backend's own name
+            return {"flax": why}
+        makers = {f"flax/{v}": functools.partial(flax_impl, variant=v) for v in variants}
     else:
         make = {
             "rnnjax": rnnjax_impl,
@@ -574,10 +665,12 @@ def build(backend: str, cell: str, w, x, y) -> dict[str, Impl | Exception]:
             "rnnjax-autodiff": functools.partial(rnnjax_impl, vjp="autodiff"),
             "rnnjax-fused": functools.partial(rnnjax_impl, vjp="fused"),
             "rnnjax-remat": functools.partial(rnnjax_impl, remat=True),
-            "rnnjax-hoisted": functools.partial(rnnjax_impl, hoist="1"),
-            "rnnjax-in-loop": functools.partial(rnnjax_impl, hoist="0"),
+            "rnnjax-hoisted": functools.partial(rnnjax_impl, hoist=True),
+            "rnnjax-in-loop": functools.partial(rnnjax_impl, hoist=False),
             "rnnjax-devices": functools.partial(rnnjax_impl, devices=True),
             "rnnjax-unroll": functools.partial(rnnjax_impl, unroll=UNROLL),
+            # unroll=1: the step-by-step loop, whatever the plan's default (8 on a GPU).
+            "rnnjax-unroll1": functools.partial(rnnjax_impl, unroll=1),
         }[backend]
         name = {
             "cudnn": "jax.experimental.rnn (cuDNN)",
@@ -588,6 +681,7 @@ def build(backend: str, cell: str, w, x, y) -> dict[str, Impl | Exception]:
             "rnnjax-in-loop": "rnnjax (projection in the loop)",
             "rnnjax-devices": "rnnjax (batch over devices)",
             "rnnjax-unroll": f"rnnjax (unroll={UNROLL})",
+            "rnnjax-unroll1": "rnnjax (unroll=1)",
         }.get(backend, backend)
         makers = {name: make}
     out = {}

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import run  # the benchmark's sizes, data, environment and allocator record
 
+from rnnjax import cells as catalogue
+
 CPU_TRACE_FLAG = "--xla_cpu_enable_xprof_traceme=true"
 JAX_BACKENDS = ("rnnjax", "flax", "equinox", "cudnn") + run.peers.VARIANTS
 
@@ -41,7 +43,7 @@ JAX_BACKENDS = ("rnnjax", "flax", "equinox", "cudnn") + run.peers.VARIANTS
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="small", help=f"one of {sorted(run.CONFIGS)}")
-    p.add_argument("--cell", default="lstm", help=f"one of {sorted(run.peers.GATES)}")
+    p.add_argument("--cell", default="lstm", help=f"one of {list(catalogue.names())}")
     p.add_argument("--mode", default="train", choices=("train", "infer"))
     p.add_argument("--backends", default="rnnjax", help=f"from {list(JAX_BACKENDS)}")
     p.add_argument("--calls", type=int, default=5, help="traced calls")
@@ -53,8 +55,8 @@ def parse(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.config not in run.CONFIGS:
         p.error(f"--config must be one of {sorted(run.CONFIGS)}; got {args.config!r}")
-    if args.cell not in run.peers.GATES:
-        p.error(f"--cell must be one of {sorted(run.peers.GATES)}; got {args.cell!r}")
+    if args.cell not in catalogue.names():
+        p.error(f"--cell must be one of {list(catalogue.names())}; got {args.cell!r}")
     args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     if bad := [b for b in args.backends if b not in JAX_BACKENDS]:
         p.error(f"--backends must be JAX backends from {list(JAX_BACKENDS)}; got {bad}")

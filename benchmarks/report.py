@@ -200,17 +200,30 @@ def excluded(record: dict) -> list[str]:
     if lines:
         lines = ["", "Not timed, so not in the best peer or the speed-ups:", ""] + lines
     if record.get("skipped"):
-        lines += ["", "Skipped (not installed, no such cell, or needs a GPU):", ""]
+        lines += [
+            "",
+            "Skipped (not installed, no such cell, needs a GPU, or an option the cell "
+            "cannot take):",
+            "",
+        ]
         lines += [f"- {k}: {v}" for k, v in sorted(record["skipped"].items())]
     return lines
 
 
 def least_matmul_flops(row: dict) -> float:
-    """The matmul FLOPs a row's call cannot do without. Forward: the input and the
-    recurrent matmuls, ``2 G H (I + H)`` per token (the stated count). A training step
-    adds the weights' gradients (``2 G H (I + H)``) and the carry's gradient through the
-    recurrent matmul (``2 G H H``): ``2 G H (2I + 3H)`` in all. The stated 3x count also
-    holds the input's gradient (``2 G H I``), which the step does not take."""
+    """The matmul FLOPs a row's call cannot do without: what ``run.py`` recorded in the
+    row (``least_matmul_flops``, from the cell catalogue's ``matmul_flops``:
+    ``run.least_flops_per_call``). Forward: the input and the recurrent matmuls,
+    ``2 G H (I + H)`` per token for a cell of G gates (the stated count). A training
+    step adds the weights' gradients (``2 G H (I + H)``) and the carry's gradient
+    through the recurrent matmul (``2 G H H``): ``2 G H (2I + 3H)`` in all. The stated
+    3x count also holds the input's gradient (``2 G H I``), which the step does not
+    take.
+
+    A row from a run before the field (whose cells, the LSTM, GRU and Elman RNN, all
+    count ``2 G H (I + H)``): derived from its stated count the same way."""
+    if row.get("least_matmul_flops") is not None:
+        return float(row["least_matmul_flops"])
     shape = row["shape"]
     inputs, hidden = shape["inputs"], shape["hidden"]
     if row["mode"] != "train":
@@ -399,7 +412,8 @@ def header(record: dict) -> list[str]:
     lines += [
         f"{record['args']['rounds']} interleaved rounds of at least "
         f"{record['args']['min_sample']} s per backend; {_precision(record)}; FLOPs: "
-        "2 G H (I + H) per token forward, 3x that for a training step.",
+        "2 G H (I + H) per token forward for a cell of G gates (the cell catalogue's "
+        "`matmul_flops`), 3x that for a training step.",
     ]
     if record["args"].get("host_devices"):
         lines.append(

@@ -6,11 +6,14 @@
 
 For every configuration and cell, in one process:
 
-1. **Correctness gate.** Every backend gets the same weights (PyTorch's layout, mapped
-   into each library's parameters) and must reproduce a float64 NumPy run of the cell
-   (outputs to ``--atol``) and the float64 gradients (PyTorch in double precision, or
-   rnnjax's when torch is missing) to ``--grad_rtol`` of each tensor's largest entry.
-   A backend that fails is reported and not timed; the command exits with status 1.
+1. **Correctness gate.** Every backend gets the same weights (PyTorch's layout where
+   the cell catalogue maps the cell to PyTorch, else the cell's own params; mapped into
+   each library's parameters) and must reproduce a float64 NumPy run of the catalogue's
+   reference step (outputs to ``--atol``) and the float64 gradients (PyTorch in double
+   precision, or float64 JAX autodiff of the same reference where the cell or torch is
+   missing) to ``--grad_rtol`` of each tensor's largest entry. A backend that fails is
+   reported and not timed; the command exits with status 1. ``gate_cell`` runs it in
+   a process for one cell (a test's own, registered).
 2. **Timing**, interleaved: each round visits the backends in a fresh random order and
    times enough calls of each for ``--min_sample`` seconds (``block_until_ready`` /
    ``cuda.synchronize``); compile (the first call) is timed on its own and excluded.
@@ -18,9 +21,10 @@ For every configuration and cell, in one process:
    range; rnnjax's speed-up over each peer is the ratio *within each round*, then its
    median and IQR, which a noisy machine affects far less than two separate medians.
 3. **Derived numbers**: tokens/s (``B*T`` per call); GFLOP/s from the analytic count
-   ``2*G*H*(I+H)`` per token forward (G = 4 LSTM, 3 GRU, 1 RNN) and three times that for
-   a training step; the fraction of the matmul peak measured at the start of the same
-   run (the faster of a JAX and a PyTorch float32 matmul); memory (below).
+   per token forward from the cell catalogue (``Entry.matmul_flops``: ``2*G*H*(I+H)``
+   for a cell of G gates) and three times that for a training step; the fraction of the
+   matmul peak measured at the start of the same run (the faster of a JAX and a PyTorch
+   float32 matmul); memory (below).
 4. **Memory**: for XLA backends, the bytes of the compiled program (XLA's buffer
    assignment: temporaries, arguments, outputs); for every backend, the growth of the
    process's resident set over one call (``VmHWM`` after the call minus ``VmRSS``
@@ -36,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import dataclasses
 import gc
 import json
 import os
@@ -49,6 +54,7 @@ from pathlib import Path
 import numpy as np
 import peers
 
+from rnnjax import cells as catalogue
 from rnnjax import lab
 from rnnjax.lab import keep_freed_memory  # noqa: F401  (page_faults.py, --keep_freed_memory)
 
@@ -74,8 +80,9 @@ GATE_TOLERANCES = {"float32": (1e-5, 1e-4), "tf32": (2e-2, 2e-2)}
 
 
 def problem(cell: str, shape: tuple[int, int, int, int], seed: int = 0):
-    """What every backend gets for ``cell`` at ``shape = (B, T, I, H)``: the weights in
-    PyTorch's layout, inputs ``x [B, T, I]`` and targets ``y [B, T, H]`` (NumPy)."""
+    """What every backend gets for ``cell`` at ``shape = (B, T, I, H)``: the weights
+    (``peers.weights``: PyTorch's layout, or the cell's own), inputs ``x [B, T, I]``
+    and targets ``y [B, T, H]`` (NumPy)."""
     batch, steps, inputs, hidden = shape
     w = peers.weights(cell, inputs, hidden, seed)
     data = np.random.default_rng(seed + 1)
@@ -105,8 +112,25 @@ def set_precision(precision: str) -> None:
 
 
 def flops_per_call(cell: str, mode: str, batch: int, steps: int, inputs: int, hidden: int):
-    forward = 2 * peers.GATES[cell] * hidden * (inputs + hidden) * batch * steps
+    """The stated count: the cell's forward matmul FLOPs per token (the catalogue's
+    ``Entry.matmul_flops``, ``2 G H (I + H)`` for a cell of G gates) times ``B T``, and
+    three times that for a training step."""
+    forward = catalogue.get(cell).matmul_flops(inputs, hidden) * batch * steps
     return forward * (3 if mode == "train" else 1)
+
+
+def least_flops_per_call(cell: str, mode: str, batch: int, steps: int, inputs: int, hidden: int):
+    """The matmul FLOPs a call cannot do without (each row records it, and
+    ``report.least_matmul_flops`` reads it). Inference: the stated count. A training
+    step: the forward, the weights' gradients (the same matmuls' sizes again) and the
+    carry's gradient through the recurrent matmul, whose count is the forward's with no
+    input, ``matmul_flops(0, H)``: ``2 matmul_flops(I, H) + matmul_flops(0, H)`` per
+    token, ``2 G H (2I + 3H)`` for G gates. The stated 3x count also holds the input's
+    gradient, which the step does not take."""
+    flops = catalogue.get(cell).matmul_flops
+    if mode != "train":
+        return flops_per_call(cell, mode, batch, steps, inputs, hidden)
+    return (2 * flops(inputs, hidden) + flops(0, hidden)) * batch * steps
 
 
 # ------------------------------------------------------------------------ the gate
@@ -114,8 +138,11 @@ def flops_per_call(cell: str, mode: str, batch: int, steps: int, inputs: int, hi
 
 def gate(cell, impls, w, x, y, atol, grad_rtol) -> dict[str, dict]:
     """Check every backend against float64 outputs and gradients; returns a report per
-    backend with ``ok`` and the largest deviations."""
-    ref_ys = peers.reference(cell, w, x)
+    backend with ``ok`` and the largest deviations. The outputs are the catalogue's
+    reference step in float64 NumPy; the gradients PyTorch's float64 module where the
+    catalogue maps the cell to PyTorch and torch is installed, else float64 JAX
+    autodiff of the same reference; either way in the weights' layout."""
+    ref_ys = peers.reference(cell, w, x, y.shape[-1])
     ref_loss = 0.5 * float(np.mean((ref_ys - y.astype(np.float64)) ** 2))
     ref_grads, grad_source = _reference_grads(cell, w, x, y)
     report = {}
@@ -125,15 +152,21 @@ def gate(cell, impls, w, x, y, atol, grad_rtol) -> dict[str, dict]:
             results[name] = impl.result()
         except Exception as err:  # noqa: BLE001  (a backend that crashes fails the gate)
             report[name] = {"ok": False, "error": f"{type(err).__name__}: {err}"[:500]}
-    if ref_grads is None:  # no PyTorch: float64 autodiff of the harness's own step
+    if ref_grads is None:  # no PyTorch, or no such cell in it: float64 JAX autodiff
         ref_grads = peers.reference_grads(cell, w, x, y)
-        grad_source = "float64 JAX autodiff of peers.reference_step"
+        grad_source = "float64 JAX autodiff of the catalogue's reference"
     for name, (ys, loss, grads) in results.items():
+        if set(grads) != set(ref_grads):
+            report[name] = {
+                "ok": False,
+                "error": f"gradients named {sorted(grads)}; the weights are {sorted(ref_grads)}",
+            }
+            continue
         out_err = _max_abs(np.asarray(ys) - ref_ys)
         loss_err = _max_abs(loss - ref_loss) / max(abs(ref_loss), 1e-12)
         grad_err = max(
             _max_abs(grads[k] - ref_grads[k]) / max(_max_abs(ref_grads[k]), 1e-12)
-            for k in peers.NAMES
+            for k in ref_grads
         )
         report[name] = {
             "ok": out_err <= atol and grad_err <= grad_rtol and loss_err <= grad_rtol,
@@ -153,18 +186,83 @@ def _max_abs(a) -> float:
 
 
 def _reference_grads(cell, w, x, y):
+    """PyTorch's float64 gradients in its layout, ``(grads, "torch float64")``, or
+    ``(None, None)`` where the catalogue maps the cell to no PyTorch module or torch is
+    not installed."""
     try:
         import torch
     except ImportError:
         return None, None
-    cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell]
-    module = cls(x.shape[-1], w["weight_hh"].shape[1], batch_first=True).double()
+    try:
+        mapping = peers.torch_mapping(cell)
+    except peers.Unavailable:
+        return None, None
+    module = peers.torch_module(torch, mapping, x.shape[-1], y.shape[-1]).double()
     with torch.no_grad():
         for k in peers.NAMES:
             getattr(module, f"{k}_l0").copy_(torch.from_numpy(w[k].astype(np.float64)))
     ys, _ = module(torch.from_numpy(x.astype(np.float64)))
     (0.5 * ((ys - torch.from_numpy(y.astype(np.float64))) ** 2).mean()).backward()
     return {k: getattr(module, f"{k}_l0").grad.numpy() for k in peers.NAMES}, "torch float64"
+
+
+@dataclasses.dataclass
+class CellGate:
+    """The gate for one cell at one size (:func:`gate_cell`).
+
+    Attributes:
+      cell: the catalogue name.
+      backends: ``{name: report}`` for every backend that was checked: ``ok``, and the
+        largest deviations or the ``error`` (a backend that raised while being built
+        is here, failing).
+      skipped: ``{name: why}`` for the backends that cannot run this cell here (library
+        missing, no such cell, needs a GPU): reported, never dropped.
+      impls: the backends that passed, built, ready to time.
+    """
+
+    cell: str
+    backends: dict[str, dict]
+    skipped: dict[str, str]
+    impls: dict[str, peers.Impl]
+
+    @property
+    def ok(self) -> bool:
+        """Every backend checked passed, and at least one was."""
+        return bool(self.backends) and all(r["ok"] for r in self.backends.values())
+
+
+def gate_cell(
+    cell: str,
+    shape: tuple[int, int, int, int] = CONFIGS["tiny"],
+    *,
+    backends=peers.BACKENDS,
+    atol: float = GATE_TOLERANCES["float32"][0],
+    grad_rtol: float = GATE_TOLERANCES["float32"][1],
+    seed: int = 0,
+) -> CellGate:
+    """The correctness gate for the catalogue cell ``cell`` at ``shape = (B, T, I, H)``,
+    in this process: what ``run.py`` does for each configuration and cell before it
+    times anything. ``backends`` are names from ``peers.BACKENDS`` and
+    ``peers.VARIANTS``. A cell registered with ``rnnjax.cells.register`` (or
+    ``registered``) needs nothing else: without a PyTorch mapping its weights come from
+    its own ``init`` and the peers that cannot run it are skipped."""
+    catalogue.get(cell)  # a ValueError naming the cells, before anything is built
+    w, x, y = problem(cell, shape, seed)
+    impls, broken, skipped = {}, {}, {}
+    for backend in backends:
+        for name, impl in peers.build(backend, cell, w, x, y).items():
+            if isinstance(impl, peers.Unavailable):
+                skipped[name] = str(impl)
+            elif isinstance(impl, Exception):
+                broken[name] = {
+                    "ok": False,
+                    "error": f"building it raised {type(impl).__name__}: {impl}"[:500],
+                }
+            else:
+                impls[name] = impl
+    report = gate(cell, impls, w, x, y, atol, grad_rtol) | broken
+    passing = {n: i for n, i in impls.items() if report[n]["ok"]}
+    return CellGate(cell, report, skipped, passing)
 
 
 # ------------------------------------------------------------------------ timing
@@ -404,7 +502,11 @@ def _nvidia_smi() -> str | None:
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--configs", default="small,medium,large", help=f"from {sorted(CONFIGS)}")
-    p.add_argument("--cells", default="lstm,gru,rnn")
+    p.add_argument(
+        "--cells",
+        default=",".join(catalogue.names()),
+        help=f"cells of the catalogue (default: every one), from {list(catalogue.names())}",
+    )
     p.add_argument("--backends", default=",".join(peers.BACKENDS))
     p.add_argument("--modes", default="train,infer")
     p.add_argument("--rounds", type=int, default=15)
@@ -445,7 +547,7 @@ def parse(argv=None):
     if args.host_devices < 0:
         p.error(f"--host_devices must be >= 0; got {args.host_devices}")
     args.configs = _names(args.configs, CONFIGS, "--configs")
-    args.cells = _names(args.cells, peers.GATES, "--cells")
+    args.cells = _names(args.cells, catalogue.names(), "--cells")
     args.backends = _names(args.backends, peers.BACKENDS + peers.VARIANTS, "--backends")
     args.modes = _names(args.modes, ("train", "infer"), "--modes")
     args.sweep_lengths = [int(t) for t in args.sweep_lengths.split(",") if t]
@@ -465,6 +567,16 @@ def _names(text: str, allowed, flag: str) -> list[str]:
     return names
 
 
+def jax_started() -> bool:
+    """Whether JAX has started its backends in this process (XLA reads ``XLA_FLAGS``
+    then; importing JAX, as ``rnnjax`` does, starts nothing)."""
+    if "jax" not in sys.modules:
+        return False
+    from jax._src import xla_bridge
+
+    return getattr(xla_bridge, "backends_are_initialized", lambda: True)()
+
+
 def force_host_devices(count: int) -> None:
     """Make JAX's CPU backend show ``count`` devices (``XLA_FLAGS``), before JAX starts.
 
@@ -473,7 +585,7 @@ def force_host_devices(count: int) -> None:
     """
     if not count:
         return
-    if "jax" in sys.modules:
+    if jax_started():
         import jax
 
         have = len(jax.devices("cpu"))
@@ -527,20 +639,16 @@ def main(argv=None) -> int:
     for config in args.configs:
         batch, steps, inputs, hidden = CONFIGS[config]
         for cell in args.cells:
-            w, x, y = problem(cell, CONFIGS[config], args.seed)
-            impls, broken = {}, {}
-            for backend in args.backends:
-                for name, impl in peers.build(backend, cell, w, x, y).items():
-                    if isinstance(impl, peers.Unavailable):
-                        skipped[f"{name}/{cell}"] = str(impl)
-                    elif isinstance(impl, Exception):
-                        broken[name] = {
-                            "ok": False,
-                            "error": f"building it raised {type(impl).__name__}: {impl}"[:500],
-                        }
-                    else:
-                        impls[name] = impl
-            report = gate(cell, impls, w, x, y, args.atol, args.grad_rtol) | broken
+            checked = gate_cell(
+                cell,
+                CONFIGS[config],
+                backends=args.backends,
+                atol=args.atol,
+                grad_rtol=args.grad_rtol,
+                seed=args.seed,
+            )
+            report = checked.backends
+            skipped.update({f"{name}/{cell}": why for name, why in checked.skipped.items()})
             gates.append({"config": config, "cell": cell, "backends": report})
             for name, r in report.items():
                 mark = "ok" if r["ok"] else "FAILED"
@@ -549,7 +657,7 @@ def main(argv=None) -> int:
                 )
                 print(f"gate {config}/{cell} {name}: {mark} ({detail})", flush=True)
             failed |= not all(r["ok"] for r in report.values())
-            passing = {n: i for n, i in impls.items() if report[n]["ok"]}
+            passing = checked.impls
             if args.gate_only:
                 continue
             for mode in args.modes:
@@ -578,6 +686,9 @@ def main(argv=None) -> int:
                     "cell": cell,
                     "mode": mode,
                     "flops_per_call": flops,
+                    "least_matmul_flops": least_flops_per_call(
+                        cell, mode, batch, steps, inputs, hidden
+                    ),
                     "times": times,
                     "speedup": speedups(times),
                 }
