@@ -1,5 +1,6 @@
 """What every experiment script shares: config from the command line, the run folder,
-the environment record, and small statistics helpers."""
+the resumable unit cache, the environment record, the figures' matplotlib, and small
+statistics helpers."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import dataclasses
 import json
 import math
 import os
+import pickle
 import sys
 import time
 from pathlib import Path
@@ -43,6 +45,8 @@ def parse_config(
         )
     for field in dataclasses.fields(cls):
         default = field.default
+        if default is dataclasses.MISSING and field.default_factory is not dataclasses.MISSING:
+            default = field.default_factory()  # e.g. the cells in the catalogue now
         flag = f"--{field.name}"
         if isinstance(default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
@@ -273,6 +277,88 @@ def check_same_config(run: RunDir, cfg) -> None:
             f"{run.path} continues the run its config.json describes: resume with the same "
             "options, or start a new run (--name / --out)."
         )
+
+
+class UnitCache:
+    """An experiment's finished units of work, each saved as it completes, so that a
+    run stopped part way (Ctrl-C, a signal, a crash) continues where it stopped.
+
+    A unit is a key (a file name: letters, digits, ``-``, ``.``, ``=``) and a function
+    of the run's config alone that computes its value (any picklable object). Calling
+    ``units(key, compute)`` returns ``compute()``, saved as ``<folder>/<key>.pkl``
+    (written to a temporary file, then renamed: a unit is whole or absent); with
+    ``resume`` a unit already saved is read back instead, and counted in
+    :attr:`reused`. Since every unit depends on the config alone, a resumed run ends
+    with the numbers of an uninterrupted one, provided the config is the same
+    (:func:`check_same_config`). ``folder=None`` keeps nothing (a run in memory).
+
+    The pickles are the experiment's own cache: read back only from a folder the
+    experiment wrote (pickle runs code when loading), never from elsewhere.
+
+    Typical use::
+
+        units = UnitCache(out / "units", resume=cfg.resume)
+        if cfg.resume:
+            check_same_config(RunDir(out, primary=False), cfg)
+        else:
+            units.start_over(finished=(out / "summary.json").exists())
+        value = units(f"train-{name}-T{T}", lambda: train(name, T))
+    """
+
+    SUFFIX = ".pkl"
+
+    def __init__(self, folder: str | Path | None, resume: bool = False):
+        self.folder = None if folder is None else Path(folder)
+        self.resume = resume
+        self.reused = 0  # units read back rather than computed, in this process
+
+    def __call__(self, key: str, compute):
+        path = self._path(key)
+        if path is not None and self.resume and path.exists():
+            self.reused += 1
+            return pickle.loads(path.read_bytes())
+        value = compute()
+        if path is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(pickle.dumps(value))
+            os.replace(tmp, path)
+        return value
+
+    def _path(self, key: str) -> Path | None:
+        return None if self.folder is None else self.folder / f"{key}{self.SUFFIX}"
+
+    def saved(self) -> list[Path]:
+        """The units saved in the folder, sorted by name."""
+        if self.folder is None or not self.folder.exists():
+            return []
+        return sorted(self.folder.glob(f"*{self.SUFFIX}"))
+
+    def start_over(self, *, finished: bool, what: str = "run", unit: str = "units") -> None:
+        """Before a run that does not resume: units an unfinished run left are an error
+        (``SystemExit`` naming ``--resume``), so no work is lost by running the same
+        command without it; those of a finished run are removed (it starts over)."""
+        done = self.saved()
+        if done and not finished:
+            where = self.folder.parent
+            raise SystemExit(
+                f"{where} holds an unfinished {what} ({len(done)} {unit} in {self.folder}): "
+                "pass --resume to continue it, or another --out to start a new one."
+            )
+        for path in done:
+            path.unlink()
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend: the experiments write their figures to
+    files and never open a window (no display is needed, on a server or in CI).
+    matplotlib is imported here, at the first figure, not when a script starts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 PARALLEL = ("auto", "none", "data", "sharded", "seeds")

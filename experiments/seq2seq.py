@@ -353,10 +353,7 @@ def main(argv=None) -> int:
 
 
 def plot_curves(run: common.RunDir, cfg: Config) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = common.pyplot()
 
     rows = run.read_jsonl("metrics.jsonl")
     if not rows:
@@ -388,10 +385,7 @@ def plot_curves(run: common.RunDir, cfg: Config) -> None:
 
 def plot_attention(run: common.RunDir, model, params, task, pairs) -> None:
     """Attention weights of seed 0 on held-out examples, teacher-forced on the target."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = common.pyplot()
 
     batch = task.batch(pairs)
     _, weights = model.apply({"params": params}, batch.src, batch.src_lengths, batch.tgt_in)

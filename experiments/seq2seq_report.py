@@ -14,6 +14,7 @@ import json
 import shutil
 from pathlib import Path
 
+import common
 from seq2seq import Config
 from train_report import command_line
 
@@ -138,10 +139,7 @@ def reversal_table(rows) -> str:
 
 
 def reversal_plot(rows, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = common.pyplot()
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for model in sorted(rows, key=_model_order):

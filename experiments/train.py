@@ -354,10 +354,7 @@ def sample_text(model, params, task, num_chars: int, prompt: str = "The ", seed:
 
 
 def plot_run(run: common.RunDir, cfg: Config, task) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = common.pyplot()
 
     rows = run.read_jsonl("metrics.jsonl")
     if not rows:

@@ -1,17 +1,21 @@
-"""The main job end to end in a tiny configuration: every promised file, every cell."""
+"""The main job end to end in a tiny configuration: every promised file, every cell,
+and a cell registered here (not in the library) through every section it declares
+what it needs for."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
+import pickle
+from typing import NamedTuple
 
+import common
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+import vanishing_gradients
+from vanishing import config, measure, sections
 
 import rnnjax
-
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "experiments" / "vanishing_gradients.py"
+from rnnjax.cells.base import Cell, Entry
 
 TINY = [
     "--forget_train",
@@ -40,11 +44,9 @@ TINY = [
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("vanishing_gradients", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["vanishing_gradients"] = module
-    spec.loader.exec_module(module)
-    return module
+    """The entry script (``experiments/vanishing_gradients.py``), whose ``main`` the
+    tests call; the study itself lives in the package ``experiments/vanishing/``."""
+    return vanishing_gradients
 
 
 @pytest.mark.slow
@@ -65,7 +67,7 @@ def test_study_writes_report_figures_and_summary(tmp_path, capsys):
         assert (out / name).stat().st_size > 0, name
     summary = json.loads((out / "summary.json").read_text())
     report = (out / "report.md").read_text()
-    for cell in rnnjax.CELLS:  # every cell the library has, with no list to update
+    for cell in rnnjax.cells.names():  # every cell in the catalogue, with no list to update
         assert f"| {cell} |" in report
         assert f"{cell}/T16" in summary["init"] and f"{cell}/T10" in summary["train"]
     assert set(summary["forget"]) >= {"0/8", "1/16", "chrono/16", "chrono/train"}
@@ -133,7 +135,7 @@ def test_full_preset_sets_paper_sizes_and_keeps_overrides(monkeypatch, tmp_path)
     module = load()
     seen = {}
     monkeypatch.setattr(
-        module,
+        sections,
         "run",
         lambda cfg, *_: seen.setdefault("cfg", cfg) and (_ for _ in ()).throw(SystemExit(0)),
     )
@@ -173,7 +175,7 @@ def test_a_stopped_study_resumes_to_the_same_numbers(tmp_path, monkeypatch, caps
     straight = json.loads((tmp_path / "straight" / "summary.json").read_text())
 
     calls = {"n": 0}
-    grad_flow = module.grad_flow
+    grad_flow = measure.grad_flow
 
     def stop_at_the_fifth(*args, **kwargs):  # Ctrl-C in the middle of the study
         calls["n"] += 1
@@ -182,12 +184,12 @@ def test_a_stopped_study_resumes_to_the_same_numbers(tmp_path, monkeypatch, caps
         return grad_flow(*args, **kwargs)
 
     out = tmp_path / "cut"
-    monkeypatch.setattr(module, "grad_flow", stop_at_the_fifth)
+    monkeypatch.setattr(measure, "grad_flow", stop_at_the_fifth)
     assert module.main(argv + ["--out", str(out)]) == 130
     assert "with --resume continues" in capsys.readouterr().err
     saved = len(list((out / "units").glob("*.pkl")))
     assert saved >= 4 and not (out / "summary.json").exists()
-    monkeypatch.setattr(module, "grad_flow", grad_flow)
+    monkeypatch.setattr(measure, "grad_flow", grad_flow)
     with pytest.raises(SystemExit, match="unfinished study"):
         module.main(argv + ["--out", str(out)])
     with pytest.raises(SystemExit, match="changed config: --hidden_size 6 -> 7"):
@@ -196,3 +198,171 @@ def test_a_stopped_study_resumes_to_the_same_numbers(tmp_path, monkeypatch, caps
     resumed = json.loads((out / "summary.json").read_text())
     assert resumed["units_resumed"] == saved
     assert _without_timing(resumed) == _without_timing(straight)
+
+
+# --------------------------------------------------- a cell registered by a test
+
+
+class HalfParams(NamedTuple):  # field names the study has never seen
+    kernel: jax.Array  # [I, H]
+    loop: jax.Array  # [H, H]
+    shift: jax.Array  # [H]
+
+
+def half_tanh(hidden_size: int) -> Cell:
+    """``h' = (tanh(x K + s + h L) + h) / 2``: the required core of the contract only
+    (no gates, no recurrent scale, no fused backward)."""
+    H = hidden_size
+
+    def init(key, input_size):
+        k1, k2 = jax.random.split(key)
+        return HalfParams(
+            jax.random.normal(k1, (input_size, H)) / np.sqrt(input_size),
+            jax.nn.initializers.orthogonal()(k2, (H, H)),
+            jnp.zeros((H,)),
+        )
+
+    def initial_carry(batch_shape=(), dtype=None):
+        shape = (batch_shape,) if isinstance(batch_shape, int) else tuple(batch_shape)
+        return jnp.zeros(shape + (H,), dtype or jnp.float32)
+
+    def recur(params, h, xp):
+        h_new = (0.5 * (jnp.tanh(xp + h @ params.loop) + h)).astype(h.dtype)
+        return h_new, h_new
+
+    return Cell(
+        name="half_tanh",
+        hidden_size=H,
+        init=init,
+        initial_carry=initial_carry,
+        project=lambda params, xs: xs @ params.kernel + params.shift,
+        recur=recur,
+        output=lambda h: h,
+    )
+
+
+def half_tanh_reference(xp, params, h, x):
+    kernel, loop, shift = params
+    h_new = 0.5 * (xp.tanh(x @ kernel + shift + h @ loop) + h)
+    return h_new, h_new
+
+
+HALF_TANH = Entry(
+    "half_tanh",
+    half_tanh,
+    half_tanh_reference,
+    lambda i, h: 2 * h * (i + h),
+    torch=None,
+    family="test",
+    summary="a core-only cell defined in a test",
+)
+
+
+def test_the_cell_list_is_the_catalogue_when_the_study_runs():
+    """The default --cells is the catalogue at the time the config is made, not when
+    the study's modules were imported; a name outside it is refused."""
+    assert config.Config().cells == rnnjax.cells.names()
+    with rnnjax.cells.registered(HALF_TANH):
+        assert config.Config().cells == (*rnnjax.cells.names()[:-1], "half_tanh")
+        cfg = config.Config(cells=("rnn_tanh", "half_tanh"))
+        cfg.validate()
+        # Sections are chosen by what each cell declares.
+        assert config.sweep_cells(cfg) == ["rnn_tanh"]
+        assert config.unscaled_cells(cfg) == ["half_tanh"]
+        assert config.clip_cells(cfg) == ["rnn_tanh"]
+        assert config.gate_cells(cfg) == [] and config.forget_cells(cfg) == []
+        assert config.gate_cells(config.Config()) == ["lstm", "gru"]
+    assert "half_tanh" not in config.Config().cells
+    with pytest.raises(ValueError, match="--cells must be names from"):
+        config.Config(cells=("rnn_tanh", "half_tanh")).validate()
+
+
+def test_a_registered_cell_runs_through_every_section_it_applies_to(tmp_path, capsys):
+    """A cell defined and registered here joins the study with no study file edited:
+    it is in every section for every cell (gradient flow, Jacobian spectra, training),
+    in none that needs what it does not declare (gates, recurrent scale), and the
+    report lists it as having no recurrent scale."""
+    out = tmp_path / "vg"
+    argv = [a for a in TINY if a != "--forget_train"]
+    with rnnjax.cells.registered(HALF_TANH):
+        assert load().main(argv + ["--cells", "rnn_tanh,half_tanh", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    report = (out / "report.md").read_text()
+    assert summary["config"]["cells"] == ["rnn_tanh", "half_tanh"]
+    for name in ("rnn_tanh", "half_tanh"):
+        assert set(summary["init"]) >= {f"{name}/T8", f"{name}/T16"}
+        assert f"{name}/T10" in summary["train"] and name in summary["jacobian"]
+        for stats in [
+            *summary["init"][f"{name}/T16"].values(),
+            summary["train"][f"{name}/T10"]["mse"],
+        ]:
+            assert np.isfinite(stats["mean"])
+        assert np.all(np.isfinite(summary["jacobian"][name]["sigma_max"]))
+    assert set(summary["sweep"]) == {"rnn_tanh/g0.5", "rnn_tanh/g1.5"}
+    assert set(summary["clip"]) == {f"rnn_tanh/g{g}/{o}" for g in (0.5, 1.5) for o in ("on", "off")}
+    assert summary["gates"] == {} and summary["forget"] == {}
+    # Table rows: gradient flow (1), singular values (2), training (6); not the sweep (3)
+    # nor clipping (5, two scales x on/off for rnn_tanh).
+    assert report.count("| half_tanh |") == 3 and report.count("| rnn_tanh |") == 3 + 1 + 4
+    assert "not swept: half_tanh." in report and "not run: half_tanh." in report
+    assert "- half_tanh: over T=16 at initialisation the gradient changes by" in report
+    f = summary["init"]["half_tanh/T16"]["factor"]
+    first_row = next(r for r in report.splitlines() if r.startswith("| half_tanh | "))
+    assert f"{f['mean']:.4g} ± {f['std']:.3g}" in first_row  # table 1 is the summary's
+    assert "--cells rnn_tanh,half_tanh" in summary["command"]
+    for name in ("grad_vs_distance", "singular_values", "scale_sweep", "final_loss", "clipping"):
+        assert (out / f"{name}.png").stat().st_size > 0, name
+    assert "half_tanh" not in rnnjax.cells.names()
+    assert "Wrote" in capsys.readouterr().out
+
+
+def test_a_cell_without_a_scale_is_refused_by_the_variant():
+    """The recurrent scale is the cell's declaration; without one there is no guess."""
+    cell = half_tanh(3)
+    params = {"rnn": {"layer": (cell.init(jax.random.key(0), 2),)}}
+    with pytest.raises(ValueError, match="declares no recurrent scale"):
+        measure.variant(params, cell, scale=0.5)
+    lstm = rnnjax.make_cell("lstm", 3)
+    p = lstm.init(jax.random.key(0), 2)
+    varied = measure.variant({"rnn": {"layer": (p,)}}, lstm, scale=2.0, forget="0")
+    q = varied["rnn"]["layer"][0]
+    np.testing.assert_allclose(q.w_h, 2 * p.w_h)
+    np.testing.assert_array_equal(q.b[3:6], 0.0)  # the forget block, H = 3
+    np.testing.assert_array_equal(q.b[:3], p.b[:3])
+
+
+# ------------------------------------------------------------- the unit cache
+
+
+def test_unit_cache_saves_each_unit_and_resumes(tmp_path):
+    calls = []
+
+    def compute(value):
+        calls.append(value)
+        return {"value": np.arange(value)}
+
+    units = common.UnitCache(tmp_path / "units")
+    assert units("a-T1", lambda: compute(1))["value"].tolist() == [0]
+    units("b-g0.5", lambda: compute(2))
+    assert [p.name for p in units.saved()] == ["a-T1.pkl", "b-g0.5.pkl"]
+    assert pickle.loads((tmp_path / "units" / "b-g0.5.pkl").read_bytes())["value"].size == 2
+    assert not list((tmp_path / "units").glob("*.tmp"))
+
+    again = common.UnitCache(tmp_path / "units", resume=True)
+    assert again("a-T1", lambda: compute(9))["value"].tolist() == [0]  # read back
+    assert again("c", lambda: compute(3))["value"].size == 3  # computed
+    assert calls == [1, 2, 3] and again.reused == 1
+
+    fresh = common.UnitCache(tmp_path / "units")  # no resume: computed again
+    fresh("a-T1", lambda: compute(4))
+    assert calls[-1] == 4 and fresh.reused == 0
+
+    with pytest.raises(SystemExit, match="unfinished study .3 measurements in"):
+        fresh.start_over(finished=False, what="study", unit="measurements")
+    assert len(fresh.saved()) == 3
+    fresh.start_over(finished=True)  # a finished run starts over: its units go
+    assert fresh.saved() == []
+    common.UnitCache(tmp_path / "none").start_over(finished=False)  # nothing saved: fine
+
+    in_memory = common.UnitCache(None, resume=True)
+    assert in_memory("a", lambda: compute(5))["value"].size == 5 and in_memory.saved() == []

@@ -1,0 +1,187 @@
+"""The study's options, their checks, the ``--full`` sizes, and which cells each
+section takes (read from what each catalogue cell declares, when the study runs)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import rnnjax
+
+FORGET_BIASES = ("0", "1", "chrono")
+# The forget-bias variants set a bias block of the LSTM's gate layout (i, f, g, o).
+FORGET_CELL = "lstm"
+
+
+def catalogue_cells() -> tuple[str, ...]:
+    """Every cell in the catalogue now (a cell registered after import included)."""
+    return tuple(rnnjax.cells.names())
+
+
+@dataclasses.dataclass
+class Config:
+    # Every cell in the catalogue when the config is made (not when this file is imported).
+    cells: tuple = dataclasses.field(default_factory=catalogue_cells)
+    hidden_size: int = 64
+    lengths: tuple = (50, 100, 200, 400)  # gradient flow at initialisation
+    seeds: int = 3
+    batch_size: int = 32  # examples per gradient measurement
+    scales: tuple = (0.5, 0.9, 1.0, 1.1, 1.5)  # W_h = g x orthogonal
+    sweep_len: int = 100  # T of the scale sweep, the Jacobians and the clipping study
+    forget_biases: tuple = FORGET_BIASES
+    train_lengths: tuple = (50, 100)
+    train_steps: int = 800
+    train_batch: int = 32
+    learning_rate: float = 2e-3
+    forget_train: bool = False  # also train each forget-bias variant (on in --full)
+    clip_norm: float = 1.0
+    clip_steps: int = 200
+    clip_scales: tuple = (0.5, 1.5)
+    eval_size: int = 500
+    full: bool = False
+    out: str = "runs/vanishing_gradients"
+    progress: bool = True
+    # Continue a study that stopped: every measurement already in <out>/units is read
+    # back instead of recomputed (each is a function of the config alone).
+    resume: bool = False
+
+    def validate(self) -> None:
+        known = catalogue_cells()
+        unknown = set(self.cells) - set(known)
+        if unknown or not self.cells:
+            raise ValueError(f"--cells must be names from {list(known)}; got {list(self.cells)}.")
+        bad = [f for f in self.forget_biases if f not in FORGET_BIASES]
+        if bad:
+            raise ValueError(f"--forget_biases must be from 0, 1, chrono; got {bad}.")
+        for name in ("hidden_size", "seeds", "batch_size", "train_batch", "eval_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1; got {getattr(self, name)}.")
+        if self.sweep_len < 2:  # the adding problem needs a marker in each half
+            raise ValueError(f"--sweep_len must be >= 2; got {self.sweep_len}.")
+        for name in ("lengths", "train_lengths", "scales", "clip_scales", "forget_biases"):
+            if not getattr(self, name):
+                raise ValueError(f"--{name} must name at least one value; got none.")
+        for name in ("lengths", "train_lengths"):
+            if any(t < 2 for t in getattr(self, name)):
+                raise ValueError(f"--{name} must all be >= 2; got {list(getattr(self, name))}.")
+        if any(g <= 0 for g in self.scales) or any(g <= 0 for g in self.clip_scales):
+            raise ValueError("--scales and --clip_scales must be > 0.")
+        if self.train_steps < 0 or self.clip_steps < 0:
+            raise ValueError("--train_steps and --clip_steps must be >= 0.")
+        for name in ("learning_rate", "clip_norm"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name} must be > 0; got {getattr(self, name)}.")
+
+    def check_given(self, given: set[str]) -> None:
+        """Options given for a section that the chosen cells skip are errors, not
+        silently recorded: the forget-bias ablation needs the LSTM, the clipping study
+        an ungated cell with a recurrent scale (:func:`clippable`)."""
+        if not forget_cells(self):
+            named = sorted(given & {"forget_biases", "forget_train"})
+            if named:
+                raise ValueError(
+                    f"--{', --'.join(named)}: the forget-bias ablation needs {FORGET_CELL} in "
+                    f"--cells; got {list(self.cells)}."
+                )
+        if not clip_cells(self):
+            named = sorted(given & {"clip_norm", "clip_steps", "clip_scales"})
+            if named:
+                raise ValueError(
+                    f"--{', --'.join(named)}: the clipping study needs {clippable_names()} in "
+                    f"--cells; got {list(self.cells)}."
+                )
+
+
+FULL = dict(
+    hidden_size=128,
+    lengths=(100, 200, 400, 800, 1000),
+    seeds=5,
+    batch_size=128,
+    sweep_len=200,
+    train_lengths=(100, 200, 400, 600),
+    train_steps=10000,
+    train_batch=64,
+    learning_rate=1e-3,
+    clip_steps=2000,
+    eval_size=2000,
+    forget_train=True,
+)
+
+
+def command_line(cfg: Config) -> str:
+    """The command that reproduces ``cfg``: the options that differ from the defaults."""
+    defaults = dataclasses.asdict(Config())
+    parts = ["python experiments/vanishing_gradients.py"]
+    for k, v in dataclasses.asdict(cfg).items():
+        if k in ("progress",) or defaults[k] == v:
+            continue
+        if isinstance(v, bool):
+            parts.append(f"--{k}" if v else f"--no-{k}")
+        elif isinstance(v, tuple):
+            parts.append(f"--{k} {','.join(map(str, v))}")
+        else:
+            parts.append(f"--{k} {v}")
+    return " ".join(parts)
+
+
+# ------------------------------------------------------------------ cells
+#
+# Variants that differ only in initial *values* (the recurrent scale g, the forget bias)
+# share one cell object and one compiled program: the variant is applied to the
+# params after init. Compilation, not arithmetic, dominates a small study on a CPU.
+
+
+def get_cell(name: str, hidden_size: int) -> rnnjax.Cell:
+    """The catalogue cell ``name`` of size ``hidden_size``: one object per catalogue
+    entry and size, so the compiled programs cached on it are reused."""
+    return _made(rnnjax.cells.get(name).make, hidden_size)
+
+
+@functools.cache
+def _made(make, hidden_size: int) -> rnnjax.Cell:
+    # Keyed by the entry's factory, not its name: an entry registered again under the
+    # same name (as tests do) gets its own cell.
+    return make(hidden_size)
+
+
+def _cells(cfg: Config, wanted) -> list[str]:
+    return [n for n in cfg.cells if wanted(get_cell(n, cfg.hidden_size))]
+
+
+def sweep_cells(cfg: Config) -> list[str]:
+    """The recurrent-scale sweep: the cells that declare what scale ``g`` means
+    (``cell.recurrent_scale``)."""
+    return _cells(cfg, lambda c: c.recurrent_scale is not None)
+
+
+def unscaled_cells(cfg: Config) -> list[str]:
+    """The cells the sweep leaves out: they declare no recurrent scale."""
+    return _cells(cfg, lambda c: c.recurrent_scale is None)
+
+
+def gate_cells(cfg: Config) -> list[str]:
+    """Gate statistics: the cells that declare their gates (``cell.gates``)."""
+    return _cells(cfg, lambda c: c.gates is not None)
+
+
+def clippable(cell: rnnjax.Cell) -> bool:
+    """Whether the clipping study applies: an ungated cell (``not cell.gated``; the
+    gates' saturation already bounds the gated ones) that declares a recurrent scale
+    (the study trains it at the scales ``g`` of ``--clip_scales``)."""
+    return not cell.gated and cell.recurrent_scale is not None
+
+
+def clip_cells(cfg: Config) -> list[str]:
+    """The clipping study's cells (:func:`clippable`)."""
+    return _cells(cfg, clippable)
+
+
+def forget_cells(cfg: Config) -> list[str]:
+    """The forget-bias ablation: the LSTM."""
+    return [FORGET_CELL] if FORGET_CELL in cfg.cells else []
+
+
+def clippable_names() -> str:
+    """The catalogue's cells the clipping study takes, for messages: ``"rnn_tanh or
+    rnn_relu"``."""
+    return " or ".join(n for n in catalogue_cells() if clippable(get_cell(n, 1)))
