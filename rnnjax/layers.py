@@ -30,6 +30,10 @@ class Layer(NamedTuple):
       output_size: feature size of ``ys``.
       stochastic: whether ``apply`` draws from ``key`` (dropout somewhere inside), so
         callers ask for a key only where it is used.
+      output: ``output(final_carry) -> [*batch, output_size]``, the state a final carry
+        ends on, for heads to read: the cell's own ``output`` (``h``); a bidirectional
+        layer's two concatenated (the backward one has read each sequence back to its
+        first step); a stack's last layer's.
     """
 
     init: Callable[..., PyTree]
@@ -37,6 +41,7 @@ class Layer(NamedTuple):
     apply: Callable[..., tuple[PyTree, Array]]
     output_size: int
     stochastic: bool = False
+    output: Callable[[PyTree], Array] | None = None
 
 
 class BidirectionalParams(NamedTuple):
@@ -65,7 +70,7 @@ def recurrent(cell: Cell, *, reverse: bool = False, **options) -> Layer:
             **options,
         )  # fmt: skip
 
-    return Layer(cell.init, cell.initial_carry, apply, cell.hidden_size)
+    return Layer(cell.init, cell.initial_carry, apply, cell.hidden_size, output=cell.output)
 
 
 def bidirectional(forward: Cell, backward: Cell | None = None, **options) -> Layer:
@@ -106,7 +111,12 @@ def bidirectional(forward: Cell, backward: Cell | None = None, **options) -> Lay
         c_b, y_b = scan(backward, params.backward, xs, c_b, reverse=True, **kw)
         return BidirectionalCarry(c_f, c_b), jnp.concatenate([y_f, y_b], axis=-1)
 
-    return Layer(init, initial_carry, apply, forward.hidden_size + backward.hidden_size)
+    def output(carry):
+        return jnp.concatenate([forward.output(carry.forward), backward.output(carry.backward)], -1)
+
+    return Layer(
+        init, initial_carry, apply, forward.hidden_size + backward.hidden_size, output=output
+    )
 
 
 # make_layer's ``bidirectional`` keyword shadows the function inside it.
@@ -165,16 +175,22 @@ def stack(layers: Sequence[Layer], *, dropout_rate: float = 0.0) -> Layer:
         return tuple(finals), xs
 
     stochastic = (dropout_rate > 0.0 and n > 1) or any(layer.stochastic for layer in layers)
-    return Layer(init, initial_carry, apply, layers[-1].output_size, stochastic)
+    last = layers[-1].output
+    output = None if last is None else (lambda carry: last(carry[-1]))
+    return Layer(init, initial_carry, apply, layers[-1].output_size, stochastic, output)
 
 
-def final_hidden(carry: PyTree) -> Array:
+def final_hidden(carry: PyTree, layer: Layer | None = None) -> Array:
     """The hidden state ``h [*batch, H']`` a final carry ends on, for heads to read.
 
-    A stack's carry gives its last layer's; a bidirectional carry gives
-    ``[h_forward, h_backward]`` (the backward one has read each sequence back to its
-    first step); an LSTM carry gives ``h``; other cells' carries are ``h`` itself.
+    With ``layer``: ``layer.output(carry)``, what the layer's cells declare
+    (``cell.output``). Without it, read from the carry's structure, for the built-in
+    cells: a stack's carry gives its last layer's; a bidirectional carry gives
+    ``[h_forward, h_backward]``; a carry with a field ``h`` gives it; any other carry is
+    ``h`` itself. Pass the layer for a cell of your own whose carry is not like these.
     """
+    if layer is not None and layer.output is not None:
+        return layer.output(carry)
     if isinstance(carry, BidirectionalCarry):
         return jnp.concatenate([final_hidden(carry.forward), final_hidden(carry.backward)], -1)
     if isinstance(carry, tuple) and hasattr(carry, "h"):

@@ -117,7 +117,7 @@ class SequenceModel(nn.Module):
         rnn = Recurrent(self.layer, name="rnn")
         carry, ys = rnn(xs, lengths, initial_carry, deterministic=deterministic)
         out = Readout(self.num_outputs, name="head")
-        outputs = out(final_hidden(carry)) if self.head == "last" else out(ys)
+        outputs = out(final_hidden(carry, self.layer)) if self.head == "last" else out(ys)
         return (outputs, carry) if return_carry else outputs
 
 
@@ -232,7 +232,7 @@ class Seq2Seq(nn.Module):
             if src_lengths is None
             else jnp.arange(S)[None, :] < jnp.asarray(src_lengths)[:, None]
         )
-        context = final_hidden(carry)
+        context = final_hidden(carry, self.encoder)
         dec = self._decoder()
         memory = dec.memory(self.decoder_params, ys, mask, context)
         start = bridge_apply(

@@ -248,7 +248,9 @@ def test_keep_freed_memory_without_glibc_says_so(monkeypatch):
     def no_glibc(name, *args, **kwargs):
         raise OSError(f"{name}: cannot open shared object file")
 
-    monkeypatch.setattr(common.ctypes, "CDLL", no_glibc)
+    from rnnjax import lab
+
+    monkeypatch.setattr(lab.ctypes, "CDLL", no_glibc)
     with pytest.raises(RuntimeError, match=r"needs glibc \(Linux\): libc.so.6"):
         common.keep_freed_memory()
     assert common.KEPT == {}
