@@ -734,6 +734,30 @@ def test_compare_two_runs_pairs_rows_and_backends(tmp_path):
         compare.main(argv[:2] + ["--labels", "one"])
     with pytest.raises(SystemExit):
         compare.main([str(tmp_path / "missing.json"), argv[1]])
+    # Several runs per side: the mean of their medians; --rename pairs an old cell name.
+    a2 = record(["rnnjax", "torch"])
+    b2 = record(["rnnjax", "torch"])
+    for rec in (a, a2):
+        rec["rows"][1]["cell"] = "rnn"
+    b2["rows"][1]["cell"] = "rnn_tanh"
+    merged = compare.merge([a, a2], {"rnn": "rnn_tanh"})
+    (small, large) = merged["rows"]
+    assert set(small["times"]) == {"rnnjax", "torch"}  # flax: timed in one run only
+    want = (
+        a["rows"][1]["times"]["torch"]["median_s"] + a2["rows"][1]["times"]["torch"]["median_s"]
+    ) / 2
+    assert large["cell"] == "rnn_tanh" and large["times"]["torch"]["median_s"] == pytest.approx(
+        want
+    )
+    (tmp_path / "a2.json").write_text(json.dumps(a2))
+    (tmp_path / "b2.json").write_text(json.dumps(b2))
+    two = [f"{tmp_path / 'a.json'},{tmp_path / 'a2.json'}", str(tmp_path / "b2.json")]
+    assert compare.main(two + ["--rename", "rnn=rnn_tanh", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "the mean of 2 runs' medians" in text and "| large | rnn_tanh | infer | torch |" in text
+    assert "Timed only" not in text
+    with pytest.raises(SystemExit):
+        compare.main(two + ["--rename", "rnn"])
 
 
 def test_page_faults_writes_its_table(tmp_path):
