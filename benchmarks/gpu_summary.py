@@ -156,21 +156,21 @@ def write(folder: Path) -> Path:
         text.append(f"- `{name}/`: {rec.get('note', '')} Command: `{rec['command']}`.")
     text += [
         "",
-        "## Training step and inference, median ms",
+        "### Training step and inference, median ms",
         "",
         "Speed-ups are PyTorch's time over rnnjax's, the median of the per-round ratio in "
         "one run; the unroll=8 column comes from the run that timed it beside PyTorch.",
         "",
         *speed_table(records),
         "",
-        "## XLA's command buffers (the while loop as a CUDA graph)",
+        "### XLA's command buffers (the while loop as a CUDA graph)",
         "",
         "Each flag setting ran in its own process; compare the ratios to PyTorch, which "
         "the flags do not touch.",
         "",
         *lever_table(records),
         "",
-        "## The persistent Pallas loop, first probe (`benchmarks/pallas_probe.py`)",
+        "### The persistent Pallas loop, first probe (`benchmarks/pallas_probe.py`)",
         "",
         *probe_table(folder),
         "",

@@ -134,7 +134,7 @@ def jacobian_products(
     xs: Array,
     carry: PyTree | None = None,
     *,
-    method: str = "exact",
+    method: str = "auto",
     num_probes: int = 16,
     num_iters: int = 20,
     key: Array | None = None,
@@ -146,8 +146,14 @@ def jacobian_products(
     alone does not determine the future).
 
     Args:
-      method: ``"exact"``: ``H`` vector-Jacobian products (one per row of ``J``, all
-        ``t`` at once) form every ``J_t`` and give the norm and every singular value.
+      method: ``"auto"`` (default): ``"closed_form"`` for a cell that declares a linear
+        recurrence, else ``"exact"``. ``"closed_form"``: for ``s_t = a_t * s_{t-1} +
+        b_t`` the state's Jacobian over the steps after ``t`` is the diagonal
+        ``prod_{s > t} a_s`` (``a`` depends on the inputs only), mapped to the carry and
+        the output by the cell's ``to_state`` / ``from_state`` / ``output``; no pass
+        through the loop. ``"exact"``: ``H`` vector-Jacobian products (one per row of
+        ``J``, all ``t`` at once) form every ``J_t`` and give the norm and every
+        singular value.
         ``"matrix_free"``: ``num_probes`` random VJPs estimate ``||J_t||_F`` for all
         ``t`` (Hutchinson), and ``num_iters`` steps of power iteration with
         ``jax.jvp`` / ``jax.vjp`` give the largest singular value; no Jacobian is
@@ -174,6 +180,22 @@ def jacobian_products(
         return _final_state(cell, final)
 
     distance = num_steps - 1 - jnp.arange(num_steps)
+    if method == "auto":
+        method = "closed_form" if cell.linear is not None else "exact"
+    if method == "closed_form":
+        if cell.linear is None:
+            raise ValueError(
+                f"method='closed_form' needs a cell that declares a linear recurrence "
+                f"(cell.linear); the {cell.name} cell does not."
+            )
+        jac = _linear_jacobians(cell, params, xs, like)
+        sv = jnp.linalg.svd(jac, compute_uv=False)
+        return {
+            "frobenius": jnp.linalg.norm(jac, axis=(1, 2)),
+            "sigma_max": sv[:, 0],
+            "sigma_min": sv[:, -1],
+            "distance": distance,
+        }
     if method == "exact":
         _, vjp = jax.vjp(final_h, flat0)
         rows = jax.vmap(lambda e: vjp(e)[0])(jnp.eye(cell.hidden_size, dtype=dtype))  # [H, T, S]
@@ -186,7 +208,9 @@ def jacobian_products(
             "distance": distance,
         }
     if method != "matrix_free":
-        raise ValueError(f"method must be 'exact' or 'matrix_free'; got {method!r}.")
+        raise ValueError(
+            f"method must be 'auto', 'closed_form', 'exact' or 'matrix_free'; got {method!r}."
+        )
     key = jax.random.key(0) if key is None else key
     k_probe, k_power = jax.random.split(key)
     _, vjp = jax.vjp(final_h, flat0)
@@ -214,6 +238,40 @@ def jacobian_products(
         "sigma_min": jnp.full((num_steps,), jnp.nan, dtype),
         "distance": distance,
     }
+
+
+def _linear_jacobians(cell: Cell, params: PyTree, xs: Array, like: PyTree) -> Array:
+    """``[T, H, S]``: ``d output(carry_T) / d carry_t`` of a declared linear recurrence,
+    from the products of ``a`` after each step (the diagonal the state is multiplied
+    by), in log space where the cell gives its log coefficients."""
+    linear = cell.linear
+    to_state = linear.to_state or (lambda c: c)
+    from_state = linear.from_state or (lambda s: s)
+    xp = cell.project(params, xs)
+    if linear.log_coefficients is not None:
+        log_a, _ = linear.log_coefficients(params, xp)
+        # sum_{s > t} log a_s: the reversed cumulative sum, less the step's own term.
+        after = jax.tree.map(lambda la: jnp.exp(jnp.cumsum(la[::-1], 0)[::-1] - la), log_a)
+    else:
+        a, _ = linear.coefficients(params, xp)
+
+        def suffix_product(x):
+            rev = jnp.cumprod(x[::-1], axis=0)
+            exclusive = jnp.concatenate([jnp.ones_like(rev[:1]), rev[:-1]])
+            return exclusive[::-1]
+
+        after = jax.tree.map(suffix_product, a)
+    flat_like, unravel = ravel_pytree(like)
+
+    def jacobian(p_t):
+        def f(v):
+            state = to_state(unravel(v))
+            moved = jax.tree.map(lambda p, s: p.astype(jnp.result_type(p, s)) * s, p_t, state)
+            return cell.output(from_state(moved))
+
+        return jax.jacfwd(f)(flat_like)
+
+    return jax.vmap(jacobian)(after)
 
 
 def _ravel_over_time(tree: PyTree) -> tuple[Array, Callable[[Array], PyTree]]:

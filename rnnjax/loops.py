@@ -115,55 +115,89 @@ def associative(
     eps_carry: PyTree | None = None,
     return_carries: bool = False,
 ) -> tuple[PyTree, PyTree]:
-    """A linear recurrence ``h_t = a_t * h_{t-1} + b_t`` as a parallel prefix scan.
+    """A linear recurrence ``s_t = a_t * s_{t-1} + b_t`` as a parallel prefix scan.
 
     ``(a, b) = cell.linear.coefficients(params, xp)`` over every step at once; a padded
-    step becomes the identity element ``(1, 0)``, so the carry passes through it and
+    step becomes the identity element ``(1, 0)``, so the state passes through it and
     the final carry is the last valid one (or, in reverse, the padded tail comes first
-    and the carry reaches the last valid step unchanged). The initial carry is folded
-    into the first step processed: ``b <- a * h_0 + b``. Steps compose as
+    and the state reaches the last valid step unchanged). Steps compose as
     ``(a1, b1) then (a2, b2) = (a2 a1, a2 b1 + b2)``, associative, so
     ``jax.lax.associative_scan`` needs ``O(log T)`` dependent levels instead of ``T``.
-    A diagnostic's carry perturbation ``eps_t`` enters as ``b_t + eps_t``.
+    The initial state enters as ``s_t = A_t s_0 + (the scan from zero)``, ``A_t`` the
+    product of the ``a`` so far. With ``cell.linear.log_coefficients`` the scan from
+    zero runs in log space (pairs ``(log a, log b)``, composed with ``logaddexp``). A
+    diagnostic's carry perturbation ``eps_t`` enters as ``b_t + eps_t`` (in linear
+    space: a perturbation need not be positive). A bfloat16 or float16 recurrence is
+    accumulated in float32 (as recurrentgemma's scans do), its states cast back.
     """
-    a, b = cell.linear.coefficients(params, xp)
-    steps = xs_length(a)
+    linear = cell.linear
+    to_state = linear.to_state or (lambda c: c)
+    from_state = linear.from_state or (lambda s: s)
+    state0 = to_state(carry)
+    steps = xs_length(xp)
     if eps_carry is not None:
-        b = jax.tree.map(jnp.add, b, eps_carry)
-    if mask is not None:
+        eps_state = jax.vmap(to_state)(eps_carry)
+    log_space = linear.log_coefficients is not None and eps_carry is None
 
-        def widen(m, leaf):
-            return m.reshape(m.shape + (1,) * (leaf.ndim - m.ndim))
+    def widen(m, leaf):
+        return m.reshape(m.shape + (1,) * (leaf.ndim - m.ndim))
 
-        a = jax.tree.map(lambda x: jnp.where(widen(mask, x), x, jnp.ones_like(x)), a)
-        b = jax.tree.map(lambda x: jnp.where(widen(mask, x), x, jnp.zeros_like(x)), b)
-    first = steps - 1 if reverse else 0
+    if log_space:
+        log_a, log_b = jax.tree.map(_accumulate, linear.log_coefficients(params, xp))
+        if mask is not None:
+            log_a = jax.tree.map(lambda x: jnp.where(widen(mask, x), x, 0.0), log_a)
+            log_b = jax.tree.map(lambda x: jnp.where(widen(mask, x), x, -jnp.inf), log_b)
 
-    def fold(a_, b_, h0):
-        h0 = h0.astype(b_.dtype)
-        return b_.at[first].set(a_[first] * h0 + b_[first])
+        def combine(earlier, later):
+            (a1, b1), (a2, b2) = earlier, later
+            a = jax.tree.map(jnp.add, a2, a1)
+            return a, jax.tree.map(lambda x, y, z: jnp.logaddexp(x + y, z), a2, b1, b2)
 
-    if steps:
-        b = jax.tree.map(fold, a, b, carry)
-
-    def combine(earlier, later):
-        (a1, b1), (a2, b2) = earlier, later
-        return jax.tree.map(jnp.multiply, a2, a1), jax.tree.map(
-            lambda x, y, z: x * y + z, a2, b1, b2
+        log_prod, log_zero = jax.lax.associative_scan(combine, (log_a, log_b), reverse=reverse)
+        states = jax.tree.map(
+            lambda p, z, s0: jnp.exp(p) * s0.astype(p.dtype) + jnp.exp(z),
+            log_prod,
+            log_zero,
+            state0,
         )
-
-    _, hs = jax.lax.associative_scan(combine, (a, b), reverse=reverse)
-    hs = jax.tree.map(lambda h, c: h.astype(jnp.result_type(c)), hs, carry)
-    if steps:
-        final = jax.tree.map(lambda h: h[0 if reverse else steps - 1], hs)
     else:
-        final = carry
+        a, b = jax.tree.map(_accumulate, linear.coefficients(params, xp))
+        if eps_carry is not None:
+            b = jax.tree.map(jnp.add, b, eps_state)
+        if mask is not None:
+            a = jax.tree.map(lambda x: jnp.where(widen(mask, x), x, jnp.ones_like(x)), a)
+            b = jax.tree.map(lambda x: jnp.where(widen(mask, x), x, jnp.zeros_like(x)), b)
+        first = steps - 1 if reverse else 0
+
+        def fold(a_, b_, s0):
+            return b_.at[first].set(a_[first] * s0.astype(b_.dtype) + b_[first])
+
+        if steps:
+            b = jax.tree.map(fold, a, b, state0)
+
+        def combine(earlier, later):
+            (a1, b1), (a2, b2) = earlier, later
+            a = jax.tree.map(jnp.multiply, a2, a1)
+            return a, jax.tree.map(lambda x, y, z: x * y + z, a2, b1, b2)
+
+        _, states = jax.lax.associative_scan(combine, (a, b), reverse=reverse)
+    hs = jax.vmap(from_state)(states) if steps else jax.tree.map(lambda c: c[None][:0], carry)
+    hs = jax.tree.map(lambda h, c: h.astype(jnp.result_type(c)), hs, carry)
+    final = jax.tree.map(lambda h: h[0 if reverse else steps - 1], hs) if steps else carry
     if return_carries:
         return final, hs
     ys = jax.vmap(cell.output)(hs)
     if mask is not None:
         ys = jnp.where(mask[..., None], ys, jnp.zeros_like(ys))
     return final, ys
+
+
+def _accumulate(x: Array) -> Array:
+    """``x`` in float32 (complex64) if it is a float of fewer than 32 bits, else as is."""
+    dtype = jnp.result_type(x)
+    if jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize < 4:
+        return x.astype(jnp.float32)
+    return x
 
 
 def per_device(loop, mesh, axis: str):

@@ -232,7 +232,7 @@ def test_bad_inputs():
     cell, params, xs = setup("gru")
     with pytest.raises(ValueError, match=r"one sequence of shape \[T, I\]; got shape \(2, 7, 3\)"):
         dg.jacobian_products(cell, params, xs)
-    with pytest.raises(ValueError, match="method must be 'exact' or 'matrix_free'"):
+    with pytest.raises(ValueError, match="method must be 'auto', 'closed_form', 'exact' or"):
         dg.jacobian_products(cell, params, xs[0], method="lanczos")
     with pytest.raises(ValueError, match=r"perturbation.carry must have .* leading time axis"):
         rnnjax.scan(cell, params, xs, perturbation=rnnjax.Perturbation(carry=jnp.zeros((T, H))))

@@ -351,7 +351,8 @@ def test_scaling_real_uses_the_device_count_asked_for(tmp_path):
 @pytest.mark.slow
 def test_scan_runs_its_loop_per_device_under_a_mesh():
     """Three routes to one loss and its gradients, for the LSTM, GRU and Elman cells,
-    with lengths, reverse, both backwards and remat: one device; jit over a batch split
+    with lengths, reverse, both backwards and remat, and two cells on the associative
+    loop (minGRU, RG-LRU): one device; jit over a batch split
     4 ways under ``jax.set_mesh`` (what ``parallel_step`` does: the loop runs per
     device); and the user's own ``shard_map`` with the default zero carry. Under the
     mesh no collective sits inside a loop, where the partitioner alone puts one in the
@@ -390,6 +391,8 @@ def test_scan_runs_its_loop_per_device_under_a_mesh():
         cells = ("lstm", "gru", "rnn_tanh")
         cases = [(n, v, None, v == "fused") for n in cells for v in ("autodiff", "fused")]
         cases += [("lstm", "autodiff", 3, True)]
+        # Linear recurrences: the associative loop, device by device.
+        cases += [("min_gru", "autodiff", None, True), ("rg_lru", "autodiff", None, False)]
         for name, vjp, remat, reverse in cases:
             cell = CELLS[name][0](H)
             k = jax.random.split(jax.random.key(len(out)), 6)
@@ -436,8 +439,8 @@ def test_scan_runs_its_loop_per_device_under_a_mesh():
         print(json.dumps(out))
         """
     )
-    assert len(r) == 7  # 3 cells x 2 backwards + remat
-    assert sum("user" in d for d in r.values()) == 4  # the user's shard_map: 3 + fused LSTM
+    assert len(r) == 9  # 3 cells x 2 backwards + remat + 2 associative loops
+    assert sum("user" in d for d in r.values()) == 6  # the user's shard_map: 5 + fused LSTM
     for case, d in r.items():
         assert d["mesh"] < 1e-5 * max(1.0, d["scale"]), (case, d)
         assert d.get("user", 0) < 1e-5 * max(1.0, d["scale"]), (case, d)

@@ -51,8 +51,13 @@ def load():
 
 @pytest.mark.slow
 def test_study_writes_report_figures_and_summary(tmp_path, capsys):
+    """One cell of each kind the sections tell apart (ungated with a scale, the LSTM,
+    a linear recurrence with a scale, a gated one without), to keep the test cheap: the
+    study compiles a dozen programs per cell. That every catalogue cell joins is the
+    default's (test_the_cell_list_is_the_catalogue_when_the_study_runs)."""
     out = tmp_path / "vg"
-    assert load().main(TINY + ["--out", str(out)]) == 0
+    cells = ["rnn_tanh", "lstm", "lru", "min_gru"]
+    assert load().main(TINY + ["--cells", ",".join(cells), "--out", str(out)]) == 0
     for name in (
         "report.md",
         "findings.md",
@@ -67,13 +72,16 @@ def test_study_writes_report_figures_and_summary(tmp_path, capsys):
         assert (out / name).stat().st_size > 0, name
     summary = json.loads((out / "summary.json").read_text())
     report = (out / "report.md").read_text()
-    for cell in rnnjax.cells.names():  # every cell in the catalogue, with no list to update
+    for cell in cells:
         assert f"| {cell} |" in report
         assert f"{cell}/T16" in summary["init"] and f"{cell}/T10" in summary["train"]
     assert set(summary["forget"]) >= {"0/8", "1/16", "chrono/16", "chrono/train"}
+    # The ungated cells that declare a recurrent scale; the gated ones' gate statistics.
     assert set(summary["clip"]) == {
-        f"{c}/g{g}/{o}" for c in ("rnn_tanh", "rnn_relu") for g in (0.5, 1.5) for o in ("on", "off")
+        f"{c}/g{g}/{o}" for c in ("rnn_tanh", "lru") for g in (0.5, 1.5) for o in ("on", "off")
     }
+    assert set(summary["gates"]) == {"lstm", "min_gru"}
+    assert {k.split("/")[0] for k in summary["sweep"]} == {"rnn_tanh", "lstm", "lru"}
     # The report's numbers are the summary's: spot-check one cell of table 1.
     f = summary["init"]["lstm/T16"]["factor"]
     assert f"{f['mean']:.4g} ± {f['std']:.3g}" in report
@@ -125,7 +133,7 @@ def test_gated_cells_alone_skip_the_clipping_figure(tmp_path, monkeypatch):
     argv += ["--cells", "gru", "--out", str(out)]
     assert module.main(argv) == 0
     report = (out / "report.md").read_text()
-    assert "not run: no rnn_tanh or rnn_relu in --cells" in report
+    assert "not run: no rnn_tanh or rnn_relu or lru in --cells" in report
     assert "not run: no lstm in --cells" in report
     assert not (out / "clipping.png").exists() and (out / "final_loss.png").exists()
     assert json.loads((out / "summary.json").read_text())["jacobian_method"] == "exact"
@@ -271,7 +279,8 @@ def test_the_cell_list_is_the_catalogue_when_the_study_runs():
         assert config.unscaled_cells(cfg) == ["half_tanh"]
         assert config.clip_cells(cfg) == ["rnn_tanh"]
         assert config.gate_cells(cfg) == [] and config.forget_cells(cfg) == []
-        assert config.gate_cells(config.Config()) == ["lstm", "gru"]
+        gated = ["lstm", "gru", "rg_lru", "min_gru", "min_lstm"]
+        assert config.gate_cells(config.Config()) == gated
     assert "half_tanh" not in config.Config().cells
     with pytest.raises(ValueError, match="--cells must be names from"):
         config.Config(cells=("rnn_tanh", "half_tanh")).validate()

@@ -184,4 +184,4 @@ def forget_cells(cfg: Config) -> list[str]:
 def clippable_names() -> str:
     """The catalogue's cells the clipping study takes, for messages: ``"rnn_tanh or
     rnn_relu"``."""
-    return " or ".join(n for n in catalogue_cells() if clippable(get_cell(n, 1)))
+    return " or ".join(n for n in catalogue_cells() if clippable(get_cell(n, 2)))

@@ -111,18 +111,31 @@ class FusedRecurrence(NamedTuple):
 class LinearRecurrence(NamedTuple):
     """A recurrence linear in the state, declared for the parallel (associative) scan.
 
-    The carry after step ``t`` is ``h_t = a_t * h_{t-1} + b_t``, elementwise for every
-    leaf of the carry, and the step's output is ``output(h_t)``.
+    The scan state after step ``t`` is ``s_t = a_t * s_{t-1} + b_t``, elementwise for
+    every leaf, and the step's output is ``output(carry_t)``. The scan state is the
+    carry itself, or what ``to_state`` makes of it (the LRU's complex state from the
+    carry's real and imaginary parts).
 
     Attributes:
       coefficients: ``coefficients(params, xp) -> (a, b)``: for the projected inputs of
         every step at once (``xp`` from ``project``, leading axes ``[T, *batch]``), the
-        pytrees ``a`` and ``b`` with the carry's structure, each leaf ``[T, *batch,
-        ...]`` (``a`` may be real where ``b`` is complex). ``recur`` must equal this
-        update; tests hold the two against each other.
+        pytrees ``a`` and ``b`` with the scan state's structure, each leaf ``[T,
+        *batch, ...]`` (real or complex). ``recur`` must equal this update; tests hold
+        the two against each other.
+      to_state: ``to_state(carry) -> state`` (``None``: the carry is the state).
+      from_state: ``from_state(state) -> carry``, the inverse of ``to_state``.
+      log_coefficients: ``log_coefficients(params, xp) -> (log_a, log_b)`` for a
+        recurrence whose ``a`` and ``b`` are positive (minGRU, minLSTM): the scan then
+        runs in log space, ``log s_t = logaddexp(log a_t + log s_{t-1}, log b_t)``, as
+        the paper does for numerical stability (the initial state's term, of any sign,
+        is added as ``exp(sum log a) * s_0``). ``None``: the scan runs on ``a`` and
+        ``b`` themselves.
     """
 
     coefficients: Callable[..., tuple[PyTree, PyTree]]
+    to_state: Callable[[PyTree], PyTree] | None = None
+    from_state: Callable[[PyTree], PyTree] | None = None
+    log_coefficients: Callable[..., tuple[PyTree, PyTree]] | None = None
 
 
 class StepVJP(NamedTuple):

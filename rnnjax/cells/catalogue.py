@@ -18,13 +18,23 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from rnnjax.cells import elman, gru, lstm
+from rnnjax.cells import elman, gru, lru, lstm, minrnn, rglru
 from rnnjax.cells.base import Cell, Entry, TorchMapping
 
 __all__ = ["Entry", "TorchMapping", "get", "make_cell", "names", "register", "registered"]
 
 
-BUILTIN: tuple[Entry, ...] = (elman.RNN_TANH, elman.RNN_RELU, lstm.ENTRY, gru.ENTRY)
+BUILTIN: tuple[Entry, ...] = (
+    elman.RNN_TANH,
+    elman.RNN_RELU,
+    lstm.ENTRY,
+    gru.ENTRY,
+    # Linear in the state (issue 21): the associative scan.
+    lru.ENTRY,
+    rglru.ENTRY,
+    minrnn.MIN_GRU,
+    minrnn.MIN_LSTM,
+)
 
 _ENTRIES: dict[str, Entry] = {}
 
