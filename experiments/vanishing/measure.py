@@ -59,11 +59,8 @@ def variant(
 
 
 def init_params(model, task, keys):
-    """Each seed's initial params, compiled once (run op by op, Flax's init of the
-    model, a forward pass included, took over a second per call at the tiny sizes)."""
     example = task.sample(jax.random.key(0), 2)
-    init = jax.vmap(lambda k: model.init(k, example.inputs, example.lengths)["params"])
-    return jax.jit(init)(keys)
+    return jax.vmap(lambda k: model.init(k, example.inputs, example.lengths)["params"])(keys)
 
 
 def adding_loss_on_state(cell, readout_params, targets):
