@@ -85,6 +85,9 @@ def parse(argv=None):
     p.add_argument("--lstm", action=argparse.BooleanOptionalAction, default=True,
                    help="time the LSTM at the same parameter count beside each cell")  # fmt: skip
     p.add_argument("--out", default="results/lengths")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the rows <out>/lengths.json already holds (same arguments) "
+                   "and measure only the rest")  # fmt: skip
     args = p.parse_args(argv)
     args.cells = [c for c in args.cells.split(",") if c]
     for c in args.cells:
@@ -151,6 +154,17 @@ def main(argv=None) -> int:
         "environment": lab.environment(),
         "rows": [],
     }
+    done = {}
+    if args.resume and (out / "lengths.json").exists():
+        old = json.loads((out / "lengths.json").read_text())
+        same = {k: v for k, v in old["args"].items() if k != "resume"}
+        if same != {k: v for k, v in record["args"].items() if k != "resume"}:
+            raise SystemExit(
+                f"--resume: {out / 'lengths.json'} was written with other arguments "
+                f"({old['args']}); give another --out or drop --resume."
+            )
+        done = {(r["beside"], r["cell"], r["loop"], r["steps"]): r for r in old["rows"]}
+        print(f"--resume: {len(done)} rows kept from {out / 'lengths.json'}", flush=True)
     I, H, B = args.input_size, args.hidden_size, args.batch_size
     for name in args.cells:
         cell = rnnjax.make_cell(name, H)
@@ -165,6 +179,9 @@ def main(argv=None) -> int:
             runs.append(("lstm", lstm, h_lstm, param_count(lstm, I), "sequential"))
         for steps in args.lengths:
             for cname, c, hidden, count, loop in runs:
+                if (name, cname, loop, steps) in done:
+                    record["rows"].append(done[(name, cname, loop, steps)])
+                    continue
                 e = rnnjax.cells.get(cname) if cname != name else entry
                 flops = 3 * e.matmul_flops(I, hidden) * B * steps
                 print(f"{cname} (H={hidden}) {loop} T={steps} ...", flush=True)
