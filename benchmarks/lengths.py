@@ -85,6 +85,8 @@ def parse(argv=None):
     p.add_argument("--lstm", action=argparse.BooleanOptionalAction, default=True,
                    help="time the LSTM at the same parameter count beside each cell")  # fmt: skip
     p.add_argument("--out", default="results/lengths")
+    p.add_argument("--report", action="store_true",
+                   help="only rewrite <out>/lengths.md from <out>/lengths.json")  # fmt: skip
     p.add_argument("--resume", action="store_true",
                    help="keep the rows <out>/lengths.json already holds (same arguments) "
                    "and measure only the rest")  # fmt: skip
@@ -132,13 +134,14 @@ def report(record: dict) -> str:
     lines += ["", "Growth from the shortest to the longest T (median time ratio over T ratio):", ""]
     groups = {}
     for r in record["rows"]:
-        groups.setdefault((r["cell"], r["loop"]), []).append(r)
-    for (cell, loop), rs in groups.items():
+        groups.setdefault((r["beside"], r["cell"], r["hidden"], r["loop"]), []).append(r)
+    for (_, cell, hidden, loop), rs in groups.items():
         if len(rs) > 1:
-            lo, hi = rs[0], rs[-1]
+            lo, hi = min(rs, key=lambda r: r["steps"]), max(rs, key=lambda r: r["steps"])
             ratio = statistics.median(hi["samples_s"]) / statistics.median(lo["samples_s"])
             lines.append(
-                f"- {cell}, {loop}: x{ratio:.1f} time for x{hi['steps'] // lo['steps']} steps."
+                f"- {cell} (H={hidden}), {loop}: x{ratio:.1f} time for "
+                f"x{hi['steps'] / lo['steps']:g} steps."
             )
     return "\n".join(lines) + "\n"
 
@@ -146,6 +149,11 @@ def report(record: dict) -> str:
 def main(argv=None) -> int:
     args = parse(argv)
     out = Path(args.out)
+    if args.report:
+        record = json.loads((out / "lengths.json").read_text())
+        (out / "lengths.md").write_text(report(record))
+        print(f"Wrote {out / 'lengths.md'}")
+        return 0
     out.mkdir(parents=True, exist_ok=True)
     record = {
         "command": "python benchmarks/lengths.py "
@@ -157,8 +165,11 @@ def main(argv=None) -> int:
     done = {}
     if args.resume and (out / "lengths.json").exists():
         old = json.loads((out / "lengths.json").read_text())
-        same = {k: v for k, v in old["args"].items() if k != "resume"}
-        if same != {k: v for k, v in record["args"].items() if k != "resume"}:
+
+        def measured(a):  # the arguments that decide what a row measures
+            return {k: v for k, v in a.items() if k not in ("resume", "report")}
+
+        if measured(old["args"]) != measured(record["args"]):
             raise SystemExit(
                 f"--resume: {out / 'lengths.json'} was written with other arguments "
                 f"({old['args']}); give another --out or drop --resume."

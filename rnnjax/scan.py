@@ -141,8 +141,10 @@ def scan(
         rounding; forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``,
         ``jax.hessian``) needs ``"autodiff"``.
       loop: ``"sequential"`` (``lax.scan``), ``"associative"`` (a parallel prefix
-        scan; needs ``cell.linear``) or ``"auto"``: associative where the cell
-        declares a linear recurrence and ``remat`` is off.
+        scan; needs ``cell.linear``) or ``"auto"``: associative on a GPU or TPU
+        where the cell declares a linear recurrence and ``remat`` is off, sequential
+        elsewhere (on a CPU, which runs the scan's work and not its depth, the
+        associative loop measured 1-3x slower: ``benchmarks/lengths.py``).
       hoist: ``True``: ``cell.project`` runs as one matmul before the loop; ``False``:
         per step inside it; ``None`` (default): before it on GPUs and TPUs, for an
         ungated cell and for a linear recurrence, inside it for another gated cell on a
@@ -323,7 +325,13 @@ def _resolve(
     backend = jax.default_backend()
     notes = []
 
-    if loop == "associative" or (loop == "auto" and cell.linear is not None and not chunk):
+    if loop == "auto" and cell.linear is not None and not chunk and backend == "cpu":
+        notes.append(
+            "sequential loop: on a CPU the associative scan measured 1-3x slower than the "
+            "sequential loop (benchmarks/lengths.py); loop='associative' forces it"
+        )
+    parallel = loop == "auto" and cell.linear is not None and not chunk and backend != "cpu"
+    if loop == "associative" or parallel:
         if cell.linear is None:
             raise ValueError(
                 f"loop='associative' needs a cell that declares a linear recurrence "

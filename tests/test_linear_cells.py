@@ -47,7 +47,8 @@ def test_each_cell_is_in_the_catalogue_and_declares_its_recurrence_linear(name):
     cell = entry.make(H)
     assert cell.name == name and cell.linear is not None and cell.fused is None
     params = cell.init(jax.random.key(0), I)
-    assert rnnjax.plan(cell, params, jnp.zeros((2, T, I))).loop == "associative"
+    xs = jnp.zeros((2, T, I))
+    assert rnnjax.plan(cell, params, xs, loop="associative").loop == "associative"
 
 
 @pytest.mark.parametrize("name", LINEAR)

@@ -121,8 +121,8 @@ def min_gru(
     Returns:
       A :class:`Cell` named ``"min_gru"``. Params ``MinGRUParams(w_x [I, 2H], b [2H])``;
       carry ``h [*batch, H]``. Declares: gated (its gate reads the input only), its gates
-      (update), a linear recurrence (``loop="auto"`` runs the associative scan). No
-      recurrent weight, so no recurrent scale and no fused backward.
+      (update), a linear recurrence (``loop="associative"``, the default on an
+      accelerator). No recurrent weight, so no recurrent scale and no fused backward.
     """
     H = check_positive_int("hidden_size", hidden_size)
 
