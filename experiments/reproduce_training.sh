@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The training results of the README (issue 3), one command each, then the table.
-# About 80 minutes on a 2-core CPU; OUT=... to write elsewhere.
+# About 80 + 35 minutes on a 2-core CPU; OUT=... (and LIN=...) to write elsewhere.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -25,3 +25,13 @@ for cell in rnn_tanh lstm gru; do
 done
 "$PY" experiments/train_report.py "$OUT"/* > results/training.md
 cat results/training.md
+
+# The linear recurrences (issue 21) where the LSTM above struggled or slowed: the
+# copy task at T = 50 and the adding problem at T = 200. About 35 minutes here.
+LIN=${LIN:-runs/linear}
+for cell in lru rg_lru min_gru min_lstm; do
+  "$PY" experiments/train.py --out "$LIN" --no-progress --task adding --cell "$cell" --seq_len 200 --steps 2500 --schedule cosine
+  "$PY" experiments/train.py --out "$LIN" --no-progress --task copy --cell "$cell" --seq_len 50 --steps 2500 --schedule cosine
+done
+"$PY" experiments/train_report.py "$LIN"/* > results/training_linear.md
+cat results/training_linear.md

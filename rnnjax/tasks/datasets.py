@@ -80,7 +80,13 @@ def sequential_digits(
 
 
 def _load_digits():
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as e:
+        raise ImportError(
+            "the digits task reads scikit-learn's bundled 8x8 digits; install it with "
+            "`pip install 'rnnjax[experiments]'` (or `pip install scikit-learn`)."
+        ) from e
 
     data = load_digits()
     x = (data.data / 16.0).astype(np.float32)
