@@ -34,7 +34,12 @@ def parse_config(
     if any, sees the set of fields given on the command line. Returns ``(config,
     preset)``, and that set too with ``with_given``.
     """
-    parser = argparse.ArgumentParser(description=description, allow_abbrev=False)
+    parser = argparse.ArgumentParser(
+        description=description,
+        allow_abbrev=False,
+    )
+    helps = field_help(cls)
+    choices = {k: tuple(v() if callable(v) else v) for k, v in getattr(cls, "CHOICES", {}).items()}
     if presets:
         parser.add_argument(
             "--preset",
@@ -48,18 +53,29 @@ def parse_config(
         if default is dataclasses.MISSING and field.default_factory is not dataclasses.MISSING:
             default = field.default_factory()  # e.g. the cells in the catalogue now
         flag = f"--{field.name}"
+        text = helps.get(field.name, "")
+        among = choices.get(field.name)
         if isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None,
+                help=f"{text} (default: {'on' if default else 'off'})".strip(),
+            )  # fmt: skip
         elif isinstance(default, (list, tuple)):
             elem = type(default[0]) if default else str
             parser.add_argument(
                 flag,
-                type=_list_of(elem),
+                type=_list_of(elem, among),
                 default=None,
-                help=f"comma-separated (default {','.join(map(str, default))})",
+                metavar=field.name.upper(),
+                help=f"{text}; comma-separated"
+                + (f", from {{{','.join(among)}}}" if among else "")
+                + f" (default: {','.join(map(str, default))})",
             )
         else:
-            parser.add_argument(flag, type=type(default), default=None, help=f"default {default!r}")
+            parser.add_argument(
+                flag, type=type(default), default=None, choices=among,
+                help=f"{text} (default: {default!r})".strip(),
+            )  # fmt: skip
     args = vars(parser.parse_args(argv))
     values = {}
     preset = args.pop("preset", None)
@@ -110,16 +126,47 @@ def usage_errors(prog: str | None = None):
         raise SystemExit(2) from None
 
 
-def _list_of(elem):
+def _list_of(elem, among=None):
     def parse(text: str):
         try:
-            return tuple(elem(v) for v in text.split(",") if v.strip())
+            values = tuple(elem(v) for v in text.split(",") if v.strip())
         except ValueError as err:
             raise argparse.ArgumentTypeError(
                 f"expected comma-separated {elem.__name__}s: {err}"
             ) from None
+        bad = [v for v in values if among is not None and v not in among]
+        if bad:
+            raise argparse.ArgumentTypeError(
+                f"{', '.join(map(repr, bad))} not among {{{','.join(among)}}}"
+            )
+        return values
 
     return parse
+
+
+def field_help(cls) -> dict[str, str]:
+    """Each field's ``--help`` text: the comment on its line in the class body, else the
+    comment lines just above it (the config's source is its documentation)."""
+    import inspect
+    import re
+    import textwrap
+
+    helps, pending = {}, []
+    for line in textwrap.dedent(inspect.getsource(cls)).splitlines():
+        stripped = line.strip()
+        field = re.match(r"^    (\w+): [^=]+=(.*)$", line)
+        if stripped.startswith("#"):
+            pending.append(stripped.lstrip("#").strip())
+        elif field:
+            name, rest = field.groups()
+            trailing = rest.split("  # ", 1)[1].strip() if "  # " in rest else ""
+            text = trailing or " ".join(pending)
+            if text:
+                helps[name] = text
+            pending = []
+        else:
+            pending = []
+    return helps
 
 
 def join_processes() -> bool:

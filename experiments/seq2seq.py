@@ -42,46 +42,62 @@ TASKS = ("addition", "reversal", "dates")
 
 @dataclasses.dataclass
 class Config:
-    task: str = "addition"  # addition | reversal | dates
+    task: str = "addition"  # the task (rnnjax.tasks; REFERENCE.md defines each)
     digits: int = 3  # addition: operand digits
     seq_len: int = 10  # reversal: longest sequence
     min_len: int = 0  # reversal: shortest (0: seq_len, i.e. fixed length)
     num_symbols: int = 10  # reversal: alphabet size
-    cell: str = "lstm"  # rnn_tanh | rnn_relu | lstm | gru (encoder and decoder)
-    hidden_size: int = 128
-    embed_dim: int = 64
-    encoder_layers: int = 1
-    decoder_layers: int = 1
-    bidirectional: bool = True  # measured: 3-digit addition 0.105 vs 0.006 exact at step 500
-    decoder_cell: str = ""  # default: --cell
-    attention: str = "bahdanau"  # none | bahdanau | luong_dot | luong_general
-    bridge: str = "auto"  # auto | copy | dense | zeros
-    dropout: float = 0.0
+    cell: str = "lstm"  # the cell of encoder and decoder, by its catalogue name
+    hidden_size: int = 128  # H of each recurrent layer
+    embed_dim: int = 64  # token embedding width
+    encoder_layers: int = 1  # stacked encoder layers
+    decoder_layers: int = 1  # stacked decoder layers
+    # A bidirectional encoder (measured: 3-digit addition 0.105 against 0.006 exact
+    # match at step 500 unidirectional).
+    bidirectional: bool = True
+    decoder_cell: str = ""  # the decoder's cell if it differs; default: --cell
+    attention: str = "bahdanau"  # the decoder's attention over encoder outputs, or none
+    # How the encoder's final state starts the decoder: auto, copy, dense or zeros.
+    bridge: str = "auto"
+    dropout: float = 0.0  # dropout between stacked layers
     sampling_rate: float = 0.0  # scheduled sampling: feed a model sample at this rate
-    optimizer: str = "adam"
-    learning_rate: float = 3e-3
-    schedule: str = "cosine"
-    warmup_steps: int = 0  # with --schedule warmup_cosine
-    clip_norm: float = 1.0  # <= 0: no clipping
-    batch_size: int = 128
-    steps: int = 3000
-    seeds: int = 1
-    seed: int = 0
-    eval_every: int = 500
+    optimizer: str = "adam"  # the Optax optimizer
+    learning_rate: float = 3e-3  # the peak learning rate
+    schedule: str = "cosine"  # the learning-rate schedule over --steps
+    warmup_steps: int = 0  # linear warm-up steps (with --schedule warmup_cosine)
+    clip_norm: float = 1.0  # clip the global gradient norm to this; <= 0: no clipping
+    batch_size: int = 128  # examples per update, per seed
+    steps: int = 3000  # updates in the whole run (a resumed run continues to this)
+    seeds: int = 1  # independent seeds trained at once (vmap)
+    seed: int = 0  # the first seed; the seeds are seed, seed+1, ...
+    eval_every: int = 500  # held-out evaluation every this many updates
     eval_size: int = 1000  # distinct held-out examples
-    beam_width: int = 4
+    beam_width: int = 4  # beam search width for the held-out decodes
     alpha: float = 0.0  # beam length penalty exponent (GNMT); 0: raw log probability
-    save_every: int = 1000
-    keep: int = 2
-    resume: bool = False
-    out: str = "runs"
-    name: str = ""  # default: s2s-<task>[-T<seq_len>]-<cell>-<attention>
-    progress: bool = True
+    save_every: int = 1000  # checkpoint every this many updates (0: only at the end)
+    keep: int = 2  # checkpoints kept
+    resume: bool = False  # continue the run in the folder from its latest checkpoint
+    out: str = "runs"  # the parent folder of run folders
+    name: str = ""  # the run folder's name; default: s2s-<task>[-T<seq_len>]-<cell>-<attention>
+    progress: bool = True  # a progress bar
     # CPU, glibc: keep freed memory in the process for reuse (experiments/train.py has
     # the same flag; benchmarks/README.md, "The allocator").
     keep_freed_memory: bool = False
     devices: int = 0  # how many of the devices JAX sees to use; 0: all
-    parallel: str = "auto"  # auto | none | data | sharded (params split too) | seeds
+    # How the run uses several devices: auto, none, data (batch split), sharded (params
+    # split too) or seeds (one seed per device).
+    parallel: str = "auto"
+
+    # --help lists these; a value outside them is a usage error before any work.
+    CHOICES = {
+        "task": TASKS,
+        "cell": rnnjax.cells.names,
+        "attention": ("none", *ATTENTIONS),
+        "bridge": ("auto", "copy", "dense", "zeros"),
+        "optimizer": tr.OPTIMIZERS,
+        "schedule": tr.SCHEDULES,
+        "parallel": common.PARALLEL,
+    }
 
     def validate(self) -> None:
         if self.task not in TASKS:
@@ -94,6 +110,14 @@ class Config:
         if self.attention not in ("none",) + ATTENTIONS:
             raise ValueError(
                 f"--attention must be one of {('none',) + ATTENTIONS}; got {self.attention!r}."
+            )
+        if self.attention == "luong_dot" and self.bidirectional:
+            raise ValueError(
+                "--attention luong_dot scores the decoder's state against the encoder's "
+                "outputs by a dot product, so their widths must agree; the bidirectional "
+                f"encoder's outputs are 2 x {self.hidden_size} wide and the decoder's state "
+                f"{self.hidden_size}: add --no-bidirectional, or use --attention "
+                "luong_general or bahdanau."
             )
         for field in (
             "digits", "seq_len", "hidden_size", "embed_dim", "encoder_layers",

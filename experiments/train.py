@@ -32,44 +32,55 @@ from rnnjax.tasks import make_task
 
 @dataclasses.dataclass
 class Config:
-    task: str = "adding"  # adding | copy | digits | charlm | hello
-    cell: str = "lstm"  # rnn_tanh | rnn_relu | lstm | gru
-    hidden_size: int = 64
-    num_layers: int = 1
-    bidirectional: bool = False
-    dropout: float = 0.0
+    task: str = "adding"  # the task (rnnjax.tasks; REFERENCE.md defines each)
+    cell: str = "lstm"  # the recurrent cell, by its catalogue name (rnnjax.cells)
+    hidden_size: int = 64  # H, the width of each recurrent layer
+    num_layers: int = 1  # stacked recurrent layers
+    bidirectional: bool = False  # each layer reads the sequence both ways
+    dropout: float = 0.0  # dropout between stacked layers (needs --num_layers > 1)
     # Long sequences: recompute the backward in chunks of this many steps; -1: sqrt(T).
     remat: int = 0
-    embed_dim: int = 0  # token tasks; 0: the hidden size
-    forget_bias: float = 1.0  # LSTM only
+    embed_dim: int = 0  # token tasks: embedding width; 0: the hidden size
+    forget_bias: float = 1.0  # the LSTM's initial forget-gate bias
     seq_len: int = 100  # adding: T; copy: the delay T; charlm: window length
-    permuted: bool = False  # digits
+    permuted: bool = False  # digits: a fixed random permutation of the pixel order
     data_path: str = ""  # digits: local MNIST .npz/IDX folder; charlm: a text file
-    optimizer: str = "adam"
-    learning_rate: float = 1e-3
-    schedule: str = "constant"
-    warmup_steps: int = 0
-    clip_norm: float = 1.0  # <= 0: no clipping
-    batch_size: int = 64
-    steps: int = 2000
-    seeds: int = 3
-    seed: int = 0  # seeds are seed, seed+1, ...
-    eval_every: int = 250
-    eval_size: int = 1000
-    save_every: int = 500
-    keep: int = 3
-    resume: bool = False
-    out: str = "runs"
-    name: str = ""  # default: <task>-<cell>-T<seq_len> (digits, hello: no T)
-    progress: bool = True
+    optimizer: str = "adam"  # the Optax optimizer
+    learning_rate: float = 1e-3  # the peak learning rate
+    schedule: str = "constant"  # the learning-rate schedule over --steps
+    warmup_steps: int = 0  # linear warm-up steps (with --schedule warmup_cosine)
+    clip_norm: float = 1.0  # clip the global gradient norm to this; <= 0: no clipping
+    batch_size: int = 64  # examples per update, per seed
+    steps: int = 2000  # updates in the whole run (a resumed run continues to this)
+    seeds: int = 3  # independent seeds trained at once (vmap)
+    seed: int = 0  # the first seed; the seeds are seed, seed+1, ...
+    eval_every: int = 250  # held-out evaluation every this many updates (0: at the end)
+    eval_size: int = 1000  # held-out examples (generated tasks)
+    save_every: int = 500  # checkpoint every this many updates (0: only at the end)
+    keep: int = 3  # checkpoints kept
+    resume: bool = False  # continue the run in the folder from its latest checkpoint
+    out: str = "runs"  # the parent folder of run folders
+    name: str = ""  # the run folder's name; default: <task>-<cell>-T<seq_len>
+    progress: bool = True  # a progress bar
     devices: int = 0  # how many of the devices JAX sees to use; 0: all
-    parallel: str = "auto"  # auto | none | data | sharded (params split too) | seeds
+    # How the run uses several devices: auto, none, data (batch split), sharded (params
+    # split too) or seeds (one seed per device).
+    parallel: str = "auto"
     sample_chars: int = 300  # charlm: characters to sample at the end
     # CPU, glibc: keep freed memory in the process (one malloc arena, high mmap and trim
     # thresholds) so a step's temporaries do not page-fault on every call; the resident
     # set stays at its peak. rnnjax's benchmark training steps: 1.11-1.31x faster on this
     # project's CPU, all but the smallest (benchmarks/README.md, "The allocator").
     keep_freed_memory: bool = False
+
+    # --help lists these; a value outside them is a usage error before any work.
+    CHOICES = {
+        "task": ("adding", "copy", "digits", "charlm", "hello"),
+        "cell": rnnjax.cells.names,  # the catalogue when the command line is parsed
+        "optimizer": tr.OPTIMIZERS,
+        "schedule": tr.SCHEDULES,
+        "parallel": common.PARALLEL,
+    }
 
     def validate(self) -> None:
         for field in ("hidden_size", "num_layers", "batch_size", "seeds", "eval_size", "keep"):
@@ -87,6 +98,11 @@ class Config:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"--dropout must lie in [0, 1); got {self.dropout}.")
+        if self.dropout and self.num_layers == 1:
+            raise ValueError(
+                f"--dropout {self.dropout} acts between stacked layers and --num_layers is 1: "
+                "give --num_layers 2 or more, or no --dropout."
+            )
         if self.cell not in rnnjax.cells.names():
             raise ValueError(
                 f"--cell must be one of {list(rnnjax.cells.names())}; got {self.cell!r}."

@@ -86,9 +86,9 @@ def test_resume_continues_exactly(tmp_path):
 @pytest.mark.parametrize(
     "argv,match",
     [
-        (["--attention", "cosine"], "--attention must be one of"),
+        (["--attention", "cosine"], "argument --attention: invalid choice"),
         (["--beam_width", "0"], "--beam_width must be >= 1"),
-        (["--task", "translate"], "--task must be one of"),
+        (["--task", "translate"], "argument --task: invalid choice"),
         (["--task", "reversal", "--digits", "4"], "--digits applies to --task addition only"),
         (["--seq_len", "12"], "--seq_len applies to --task reversal only"),
         (["--beam_width", "1", "--alpha", "0.6"], "--alpha (the beam's length penalty) needs"),

@@ -142,10 +142,10 @@ def test_remat_trains_the_same_model(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "argv,match",
     [
-        (["--task", "nope"], "task must be one of"),
-        (["--cell", "lstmx"], "--cell must be one of"),
+        (["--task", "nope"], "argument --task: invalid choice: 'nope'"),
+        (["--cell", "lstmx"], "argument --cell: invalid choice: 'lstmx'"),
         (["--seq_len", "-3"], "--seq_len must be >= 1; got -3"),
-        (["--optimizer", "adamax"], "optimizer must be one of"),
+        (["--optimizer", "adamax"], "argument --optimizer: invalid choice"),
         (["--dropout", "1.5"], r"--dropout must lie in \[0, 1\)"),
         (["--seeds", "0"], "--seeds must be >= 1; got 0"),
         (["--remat", "-2"], r"--remat must be -1 \(sqrt\(T\)\), 0 \(off\) or a chunk length"),

@@ -100,8 +100,8 @@ def test_study_writes_report_figures_and_summary(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv,match",
     [
-        (["--cells", "lstm,transformer"], "--cells must be names from"),
-        (["--forget_biases", "2"], "--forget_biases must be from 0, 1, chrono"),
+        (["--cells", "lstm,transformer"], "argument --cells: 'transformer' not among"),
+        (["--forget_biases", "2"], "argument --forget_biases: '2' not among"),
         (["--lengths", "1,8"], "--lengths must all be >= 2"),
         (["--scales", "0,1"], "--scales and --clip_scales must be > 0"),
         (["--lengths="], "--lengths must name at least one value"),

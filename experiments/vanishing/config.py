@@ -20,30 +20,34 @@ def catalogue_cells() -> tuple[str, ...]:
 
 @dataclasses.dataclass
 class Config:
-    # Every cell in the catalogue when the config is made (not when this file is imported).
+    # The cells studied: every cell in the catalogue when the config is made (not when
+    # this file is imported)
     cells: tuple = dataclasses.field(default_factory=catalogue_cells)
-    hidden_size: int = 64
+    hidden_size: int = 64  # H of every cell
     lengths: tuple = (50, 100, 200, 400)  # gradient flow at initialisation
-    seeds: int = 3
+    seeds: int = 3  # initialisations (and training seeds) per measurement
     batch_size: int = 32  # examples per gradient measurement
     scales: tuple = (0.5, 0.9, 1.0, 1.1, 1.5)  # W_h = g x orthogonal
     sweep_len: int = 100  # T of the scale sweep, the Jacobians and the clipping study
-    forget_biases: tuple = FORGET_BIASES
-    train_lengths: tuple = (50, 100)
-    train_steps: int = 800
-    train_batch: int = 32
-    learning_rate: float = 2e-3
+    forget_biases: tuple = FORGET_BIASES  # the LSTM's forget-bias variants (0, 1, chrono)
+    train_lengths: tuple = (50, 100)  # T of the adding problem each cell is trained on
+    train_steps: int = 800  # Adam updates per training run
+    train_batch: int = 32  # examples per training update
+    learning_rate: float = 2e-3  # Adam's learning rate
     forget_train: bool = False  # also train each forget-bias variant (on in --full)
-    clip_norm: float = 1.0
-    clip_steps: int = 200
-    clip_scales: tuple = (0.5, 1.5)
-    eval_size: int = 500
-    full: bool = False
-    out: str = "runs/vanishing_gradients"
-    progress: bool = True
+    clip_norm: float = 1.0  # the clipping study's gradient-norm threshold
+    clip_steps: int = 200  # updates per clipping-study run
+    clip_scales: tuple = (0.5, 1.5)  # recurrent scales g of the clipping study
+    eval_size: int = 500  # held-out examples of each trained cell's test MSE
+    full: bool = False  # the paper-size study (for an accelerator); flags given still apply
+    out: str = "runs/vanishing_gradients"  # the study's folder
+    progress: bool = True  # a progress bar
     # Continue a study that stopped: every measurement already in <out>/units is read
     # back instead of recomputed (each is a function of the config alone).
     resume: bool = False
+
+    # --help lists these; a value outside them is a usage error before any work.
+    CHOICES = {"cells": catalogue_cells, "forget_biases": FORGET_BIASES}
 
     def validate(self) -> None:
         known = catalogue_cells()
