@@ -208,11 +208,28 @@ class RunDir:
         os.replace(tmp, target)  # atomic: a reader never sees half a file
         return target
 
+    # Set by open_tensorboard: every JSONL row then also goes to TensorBoard.
+    board: TensorBoard | None = None
+
+    def open_tensorboard(self, seeds, start_step: int) -> None:
+        """Mirror the JSONL logs to TensorBoard under ``<run>/tensorboard`` (primary
+        process only); ``start_step``: a resumed run's first step (TensorBoard drops
+        the earlier segment's points from there on, as the JSONL logs were cut)."""
+        if self.primary:
+            self.board = TensorBoard(self.path / "tensorboard", seeds, start_step)
+
+    def close(self) -> None:
+        if self.board is not None:
+            self.board.close()
+            self.board = None
+
     def append_jsonl(self, name: str, row: dict) -> None:
         if not self.primary:
             return
         with open(self.path / name, "a") as f:
             f.write(json.dumps(row, default=_jsonable) + "\n")
+        if self.board is not None:
+            self.board.log(Path(name).stem, row)
 
     def read_jsonl(self, name: str) -> list[dict]:
         target = self.path / name
@@ -231,12 +248,67 @@ class RunDir:
         os.replace(tmp, target)
 
 
+def tensorboard_available() -> None:
+    """A ``ValueError`` (a usage error) unless the TensorBoard writer is installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboardX") is None:
+        raise ValueError(
+            "--tensorboard writes with tensorboardX (no TensorFlow needed): "
+            "pip install 'rnnjax[experiments]' (or pip install tensorboardX)."
+        )
+
+
+class TensorBoard:
+    """A run's logs as TensorBoard scalars: one event folder per seed
+    (``seed<k>``, so the seeds' curves overlay) for per-seed values, and ``all`` for
+    values shared by the seeds (learning rate, steps/s); the tag is
+    ``<log>/<key>`` (``metrics/loss``, ``eval/accuracy``).
+
+    Written with tensorboardX: event files without a TensorFlow dependency (the
+    ``tensorboard`` package itself only reads them; ``tensorboard --logdir runs``)."""
+
+    def __init__(self, folder: Path, seeds, start_step: int):
+        from tensorboardX import SummaryWriter
+
+        self.folder = Path(folder)
+        self.seeds = [int(s) for s in seeds]
+        purge = start_step if start_step > 0 else None
+
+        def writer(name):
+            return SummaryWriter(str(self.folder / name), purge_step=purge, flush_secs=5)
+
+        self.writers = {"all": writer("all")}
+        self.writers.update({s: writer(f"seed{s}") for s in self.seeds})
+
+    def log(self, log: str, row: dict) -> None:
+        step = int(row["step"])
+        for key, value in row.items():
+            if key == "step":
+                continue
+            tag = f"{log}/{key}"
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writers["all"].add_scalar(tag, float(value), step)
+            elif (
+                isinstance(value, list)
+                and len(value) == len(self.seeds)
+                and all(isinstance(v, (int, float)) for v in value)
+            ):
+                for seed, v in zip(self.seeds, value):
+                    self.writers[seed].add_scalar(tag, float(v), step)
+            # Anything else (texts, nested arrays) stays in the JSONL only.
+
+    def close(self) -> None:
+        for w in self.writers.values():
+            w.close()
+
+
 # Fields that may differ between a run and its resume: they change where and how the
 # run is shown, saved or placed, not what it computes.
 RESUMABLE = frozenset(
     {
         "resume", "progress", "out", "name", "eval_every", "save_every", "keep",
-        "devices", "parallel", "keep_freed_memory", "sample_chars",
+        "devices", "parallel", "keep_freed_memory", "sample_chars", "tensorboard",
     }
 )  # fmt: skip
 

@@ -80,6 +80,9 @@ class Config:
     out: str = "runs"  # the parent folder of run folders
     name: str = ""  # the run folder's name; default: s2s-<task>[-T<seq_len>]-<cell>-<attention>
     progress: bool = True  # a progress bar
+    # Also log every metric to TensorBoard while the run goes (<run>/tensorboard, one
+    # folder per seed; tensorboard --logdir <out>)
+    tensorboard: bool = False
     # CPU, glibc: keep freed memory in the process for reuse (experiments/train.py has
     # the same flag; benchmarks/README.md, "The allocator").
     keep_freed_memory: bool = False
@@ -100,6 +103,8 @@ class Config:
     }
 
     def validate(self) -> None:
+        if self.tensorboard:
+            common.tensorboard_available()
         if self.task not in TASKS:
             raise ValueError(f"--task must be one of {TASKS}; got {self.task!r}.")
         for cell in (self.cell, self.decoder_cell or self.cell):
@@ -273,6 +278,8 @@ def main(argv=None) -> int:
 
     ckpt = Checkpointer(run.path / "checkpoints", max_to_keep=cfg.keep)
     state = common.start_or_resume(run, ckpt, place(state), cfg)
+    if cfg.tensorboard:
+        run.open_tensorboard(seeds, tr.current_step(state))
     run.write_json(
         "config.json",
         {
@@ -372,6 +379,7 @@ def main(argv=None) -> int:
             print(f"  {s['source']!r:32} -> {s['greedy']!r:16} (beam {s['beam']!r}) {mark}")
     else:
         print(f"Stopped: {message}")
+    run.close()
     print(f"Wrote {run.path}")
     return outcome.exit_code
 

@@ -67,6 +67,9 @@ class Config:
     # split too) or seeds (one seed per device).
     parallel: str = "auto"
     sample_chars: int = 300  # charlm: characters to sample at the end
+    # Also log every metric to TensorBoard while the run goes (<run>/tensorboard, one
+    # folder per seed; tensorboard --logdir <out>)
+    tensorboard: bool = False
     # CPU, glibc: keep freed memory in the process (one malloc arena, high mmap and trim
     # thresholds) so a step's temporaries do not page-fault on every call; the resident
     # set stays at its peak. rnnjax's benchmark training steps: 1.11-1.31x faster on this
@@ -83,6 +86,8 @@ class Config:
     }
 
     def validate(self) -> None:
+        if self.tensorboard:
+            common.tensorboard_available()
         for field in ("hidden_size", "num_layers", "batch_size", "seeds", "eval_size", "keep"):
             value = getattr(self, field)
             if value < 1:
@@ -283,6 +288,8 @@ def main(argv=None) -> int:
 
     ckpt = Checkpointer(run.path / "checkpoints", max_to_keep=cfg.keep)
     state = common.start_or_resume(run, ckpt, place(state), cfg)
+    if cfg.tensorboard:
+        run.open_tensorboard(seeds, tr.current_step(state))
     run.write_json(
         "config.json",
         {
@@ -346,6 +353,7 @@ def main(argv=None) -> int:
         )
     else:
         print(f"Stopped: {message}")
+    run.close()
     print(f"Wrote {run.path}")
     return outcome.exit_code
 
