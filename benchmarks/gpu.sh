@@ -8,12 +8,10 @@
 # 2. a persistent Pallas time loop, probed (benchmarks/pallas_probe.py: forward kernels
 #    for the Elman RNN, LSTM and GRU checked against rnnjax.scan and timed beside it and
 #    cuDNN, at the small configuration);
-# 3. XLA's own levers for a launch-bound loop (issue 22): the small configuration with
-#    the while loop captured as a CUDA graph (--xla_gpu_enable_command_buffer=+WHILE,
-#    +CONDITIONAL) and with the graph's loop unrolled (+ command_buffer_unroll_loops),
-#    each in its own process (XLA reads its flags once), rnnjax (unroll=8 on a GPU)
-#    and unroll=1 beside PyTorch/cuDNN in the same run, so the per-round ratios
-#    compare across processes;
+# 3. the length sweep of the linear recurrences (benchmarks/lengths.py: the training
+#    step at T = 1,000 / 10,000 / 100,000, the associative scan against the sequential
+#    loop and the LSTM at the same parameter count; issue 21). XLA's command buffers for
+#    the while loop were measured at 16d93b0 (no help: results/gpu-h200) and dropped;
 # 4. the benchmark (benchmarks/run.py): the tanh RNN, LSTM and GRU at small/medium/large,
 #    rnnjax's default plan, JAX's own backward and unroll=1, Flax, PyTorch on cuDNN and
 #    jax.experimental.rnn's cuDNN LSTM, float32 with TF32 off in every backend;
@@ -21,9 +19,9 @@
 #
 # It installs nothing: it runs the repository with the python3 given as $PYTHON (or on
 # the PATH) whose jax sees the GPU. Each step has a time limit in seconds (PROBE_S,
-# LEVER_S per setting, BENCH_S, SMOKE_S); the benchmark saves its JSON after every cell,
-# so a step cut short keeps what it measured. Writes OUT/log.txt, OUT/probe/,
-# OUT/levers-{graph,graph-unrolled}/ and OUT/bench/.
+# LENGTHS_S, BENCH_S, SMOKE_S); the sweep and the benchmark save their JSON after every
+# row, so a step cut short keeps what it measured. Writes OUT/log.txt, OUT/probe/,
+# OUT/lengths/ and OUT/bench/.
 set -u
 out=${1:-results/gpu}
 py=${PYTHON:-python3}
@@ -57,16 +55,10 @@ step "persistent Pallas time loop (probe)"
 timeout "${PROBE_S:-60}" "$py" benchmarks/pallas_probe.py --out "$out/probe" >>"$log" 2>&1
 echo "probe exit status $?" | tee -a "$log"
 
-graph="--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL"
-for lever in graph graph-unrolled; do
-  step "XLA lever: $lever"
-  flags=$graph
-  [ "$lever" = graph-unrolled ] && flags="$graph --xla_gpu_command_buffer_unroll_loops=true"
-  XLA_FLAGS="$flags" timeout "${LEVER_S:-45}" "$py" benchmarks/run.py --configs small \
-    --cells rnn_tanh,lstm,gru --backends rnnjax,rnnjax-unroll1,torch --rounds 5 --min_sample 0.03 --no-sweep \
-    --out "$out/levers-$lever" >>"$log" 2>&1
-  echo "lever $lever exit status $?" | tee -a "$log"
-done
+step "length sweep (linear recurrences)"
+timeout "${LENGTHS_S:-100}" "$py" benchmarks/lengths.py --cells rg_lru,min_gru --rounds 2 --out "$out/lengths" >>"$log" 2>&1
+echo "lengths exit status $?" | tee -a "$log"
+[ -f "$out/lengths/lengths.json" ] && "$py" benchmarks/lengths.py --report --out "$out/lengths" >>"$log" 2>&1
 
 step "benchmark"
 timeout "${BENCH_S:-180}" "$py" benchmarks/run.py \

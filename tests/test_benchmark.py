@@ -912,8 +912,12 @@ def test_gpu_script_commands_parse():
 
     text = (ROOT / "benchmarks" / "gpu.sh").read_text().replace("\\\n", " ")
     text = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", text)  # ${VAR:-default} -> default
-    text = text.replace("$out", "/tmp/out").replace("$lever", "graph")
-    parsers = {"run.py": load("run").parse, "pallas_probe.py": load("pallas_probe").parse}
+    text = text.replace("$out", "/tmp/out")
+    parsers = {
+        "run.py": load("run").parse,
+        "pallas_probe.py": load("pallas_probe").parse,
+        "lengths.py": load("lengths").parse,
+    }
     seen = set()
     for line in text.splitlines():
         m = re.search(r'"\$py" benchmarks/(\w+\.py)(.*?)(>>|>|$)', line)
