@@ -325,13 +325,13 @@ def _resolve(
     backend = jax.default_backend()
     notes = []
 
-    if loop == "auto" and cell.linear is not None and not chunk and backend == "cpu":
+    could = loop == "auto" and cell.linear is not None and not chunk
+    if could and backend == "cpu":
         notes.append(
             "sequential loop: on a CPU the associative scan measured 1-3x slower than the "
             "sequential loop (benchmarks/lengths.py); loop='associative' forces it"
         )
-    parallel = loop == "auto" and cell.linear is not None and not chunk and backend != "cpu"
-    if loop == "associative" or parallel:
+    if loop == "associative" or (could and backend != "cpu"):
         if cell.linear is None:
             raise ValueError(
                 f"loop='associative' needs a cell that declares a linear recurrence "
