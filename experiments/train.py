@@ -38,6 +38,14 @@ class Config:
     num_layers: int = 1  # stacked recurrent layers
     bidirectional: bool = False  # each layer reads the sequence both ways
     dropout: float = 0.0  # dropout between stacked layers (needs --num_layers > 1)
+    # Zoneout (Krueger et al. 2017): each carry unit keeps its previous value with this
+    # probability at every step (any cell)
+    zoneout: float = 0.0
+    # Variational recurrent dropout (Gal & Ghahramani 2016) on the state entering the
+    # recurrent matmul, one mask per sequence (cells that declare it: cell.fused)
+    recurrent_dropout: float = 0.0
+    # DropConnect on the recurrent weight, one mask per update (AWD-LSTM's weight drop)
+    weight_drop: float = 0.0
     # Long sequences: recompute the backward in chunks of this many steps; -1: sqrt(T).
     remat: int = 0
     embed_dim: int = 0  # token tasks: embedding width; 0: the hidden size
@@ -103,6 +111,16 @@ class Config:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"--dropout must lie in [0, 1); got {self.dropout}.")
+        for name in ("zoneout", "recurrent_dropout", "weight_drop"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"--{name} must lie in [0, 1); got {getattr(self, name)}.")
+        if (self.recurrent_dropout or self.weight_drop) and rnnjax.make_cell(
+            self.cell, 2
+        ).fused is None:
+            raise ValueError(
+                f"--recurrent_dropout and --weight_drop act on the recurrent matmul h W_h, "
+                f"which the {self.cell} cell does not declare (cell.fused); use --zoneout."
+            )
         if self.dropout and self.num_layers == 1:
             raise ValueError(
                 f"--dropout {self.dropout} acts between stacked layers and --num_layers is 1: "
@@ -210,6 +228,11 @@ def build_task(cfg: Config):
     return make_task(cfg.task)
 
 
+def regularizer(cfg: Config) -> rnnjax.Regularizer | None:
+    reg = rnnjax.Regularizer(cfg.zoneout, cfg.recurrent_dropout, cfg.weight_drop)
+    return reg if reg.active else None
+
+
 def build_model(cfg: Config, task) -> SequenceModel:
     options = {"forget_bias": cfg.forget_bias} if cfg.cell == "lstm" else {}
     layer = rnnjax.make_layer(
@@ -218,6 +241,7 @@ def build_model(cfg: Config, task) -> SequenceModel:
         num_layers=cfg.num_layers,
         bidirectional=cfg.bidirectional,
         dropout_rate=cfg.dropout,
+        regularizer=regularizer(cfg),
         remat=True if cfg.remat == -1 else (cfg.remat or None),
         **options,
     )
@@ -261,7 +285,7 @@ def main(argv=None) -> int:
             {"params": params},
             batch.inputs,
             batch.lengths,
-            deterministic=cfg.dropout == 0.0,
+            deterministic=cfg.dropout == 0.0 and regularizer(cfg) is None,
             rngs={"dropout": key},
         )
         return task.loss(outputs, batch), {}

@@ -30,6 +30,7 @@ from rnnjax.layers import (
     stack,
 )
 from rnnjax.readout import ReadoutParams, readout, readout_init
+from rnnjax.regularize import Regularizer
 from rnnjax.scan import Perturbation, Plan, plan, scan
 
 __version__ = "0.1.0"
@@ -50,6 +51,7 @@ __all__ = [
     "Perturbation",
     "Plan",
     "ReadoutParams",
+    "Regularizer",
     "bidirectional",
     "chrono_bias_init",
     "elman",

@@ -49,7 +49,8 @@ def _start_carry(cell: Cell, params: PyTree, xs: Array, carry, batch_shape) -> P
     """The given carry, or zeros in the dtype the cell computes ``xs`` in."""
     if carry is not None:
         return carry
-    dtype = jax.tree.leaves(jax.eval_shape(cell.project, params, xs))[0].dtype
+    project = lambda p, x: cell.project(cell.prepared(p), x)  # noqa: E731
+    dtype = jax.tree.leaves(jax.eval_shape(project, params, xs))[0].dtype
     return cell.initial_carry(batch_shape, dtype=dtype)
 
 
@@ -247,13 +248,14 @@ def _linear_jacobians(cell: Cell, params: PyTree, xs: Array, like: PyTree) -> Ar
     linear = cell.linear
     to_state = linear.to_state or (lambda c: c)
     from_state = linear.from_state or (lambda s: s)
-    xp = cell.project(params, xs)
+    weights = cell.prepared(params)
+    xp = cell.project(weights, xs)
     if linear.log_coefficients is not None:
-        log_a, _ = linear.log_coefficients(params, xp)
+        log_a, _ = linear.log_coefficients(weights, xp)
         # sum_{s > t} log a_s: the reversed cumulative sum, less the step's own term.
         after = jax.tree.map(lambda la: jnp.exp(jnp.cumsum(la[::-1], 0)[::-1] - la), log_a)
     else:
-        a, _ = linear.coefficients(params, xp)
+        a, _ = linear.coefficients(weights, xp)
 
         def suffix_product(x):
             rev = jnp.cumprod(x[::-1], axis=0)
@@ -296,12 +298,13 @@ def step_jacobians(
         raise ValueError(f"xs must be one sequence of shape [T, I]; got shape {jnp.shape(xs)}.")
     start = _start_carry(cell, params, xs, carry, ())
     previous = _entering_carries(cell, params, xs, start)
-    xp = cell.project(params, xs)
+    weights = cell.prepared(params)
+    xp = cell.project(weights, xs)
     _, unravel = ravel_pytree(start)
 
     def one(prev, xp_t):
         flat, _ = ravel_pytree(prev)
-        f = lambda v: ravel_pytree(cell.recur(params, unravel(v), xp_t)[0])[0]  # noqa: E731
+        f = lambda v: ravel_pytree(cell.recur(weights, unravel(v), xp_t)[0])[0]  # noqa: E731
         return jax.jacfwd(f)(flat)
 
     jac = jax.vmap(one)(previous, xp)
@@ -339,7 +342,8 @@ def gate_stats(
     start = _start_carry(cell, params, xs_tm, carry, batch_shape)
     previous = _entering_carries(cell, params, xs_tm, start, lengths)
     dtype = jax.tree.leaves(start)[0].dtype
-    acts = jax.vmap(lambda c, x: cell.gates(params, c, x))(previous, cell.project(params, xs_tm))
+    weights = cell.prepared(params)
+    acts = jax.vmap(lambda c, x: cell.gates(weights, c, x))(previous, cell.project(weights, xs_tm))
     if lengths is None:
         weight = jnp.ones((num_steps,) + batch_shape, dtype)
     else:
@@ -372,7 +376,8 @@ def weight_grad_by_lag(
       zero here); ``distance [T]`` = ``T - 1 - t``, the lag back from the last step.
     """
     num_steps, _ = _num_steps_and_batch(xs)
-    eps = _zeros_over_time(params, num_steps)
+    # Like what recur reads: the params, or a prepared cell's derived weights.
+    eps = _zeros_over_time(jax.eval_shape(cell.prepared, params), num_steps)
 
     def f(eps):
         final, ys = scan(

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax.cells.base import Array, Cell, PyTree, check_positive_int
+from rnnjax.regularize import Regularizer, check
 from rnnjax.scan import PLAN_OPTIONS, scan
 
 
@@ -54,26 +55,47 @@ class BidirectionalCarry(NamedTuple):
     backward: PyTree
 
 
-def recurrent(cell: Cell, *, reverse: bool = False, **options) -> Layer:
+def recurrent(
+    cell: Cell,
+    *,
+    reverse: bool = False,
+    regularizer: Regularizer | None = None,
+    **options,
+) -> Layer:
     """One cell over time: :func:`~rnnjax.scan.scan` as a :class:`Layer`.
 
-    ``reverse=True`` runs over the valid part of each sequence backwards; ``options``
-    are scan's plan options (``remat``, ``unroll``, ``vjp``, ``loop``, ``hoist``,
-    ``mesh``, ``batch_axis``; see :func:`~rnnjax.scan.scan`), checked here.
+    ``reverse=True`` runs over the valid part of each sequence backwards;
+    ``regularizer`` (zoneout, recurrent dropout, weight drop; :mod:`rnnjax.regularize`)
+    draws its masks from ``apply``'s ``key`` (none: deterministic); ``options`` are
+    scan's plan options (``remat``, ``unroll``, ``vjp``, ``loop``, ``hoist``, ``mesh``,
+    ``batch_axis``; see :func:`~rnnjax.scan.scan`), checked here.
     """
     options = check_plan_options(options)
+    regularizer = check(regularizer, cell)
 
     def apply(params, xs, carry=None, *, lengths=None, key=None, time_major=False):
-        del key  # no randomness in a single layer
         return scan(
             cell, params, xs, carry, lengths=lengths, reverse=reverse, time_major=time_major,
-            **options,
+            regularizer=regularizer, key=key if regularizer is not None else None, **options,
         )  # fmt: skip
 
-    return Layer(cell.init, cell.initial_carry, apply, cell.hidden_size, output=cell.output)
+    return Layer(
+        cell.init,
+        cell.initial_carry,
+        apply,
+        cell.hidden_size,
+        stochastic=regularizer is not None,
+        output=cell.output,
+    )
 
 
-def bidirectional(forward: Cell, backward: Cell | None = None, **options) -> Layer:
+def bidirectional(
+    forward: Cell,
+    backward: Cell | None = None,
+    *,
+    regularizer: Regularizer | None = None,
+    **options,
+) -> Layer:
     """A forward and a padding-aware backward pass, outputs concatenated.
 
     ``ys[..., t, :] = [forward_y_t, backward_y_t]``, where the backward cell reads the
@@ -85,10 +107,14 @@ def bidirectional(forward: Cell, backward: Cell | None = None, **options) -> Lay
       forward: the cell of the forward direction.
       backward: the cell of the backward direction; a second instance of ``forward``
         (own params) if ``None``.
+      regularizer: for both directions, each with masks of its own
+        (:mod:`rnnjax.regularize`).
       **options: scan's plan options for both directions (``remat``, ``unroll``, ...).
     """
     backward = forward if backward is None else backward
     options = check_plan_options(options)
+    regularizer = check(regularizer, forward)
+    check(regularizer, backward)
 
     def init(key, input_size):
         k_f, k_b = jax.random.split(key)
@@ -101,21 +127,28 @@ def bidirectional(forward: Cell, backward: Cell | None = None, **options) -> Lay
         )
 
     def apply(params, xs, carry=None, *, lengths=None, key=None, time_major=False):
-        del key
         _check_named(params, BidirectionalParams, "params")
         if carry is not None:
             _check_named(carry, BidirectionalCarry, "carry")
         c_f, c_b = (None, None) if carry is None else carry
-        kw = dict(lengths=lengths, time_major=time_major, **options)
-        c_f, y_f = scan(forward, params.forward, xs, c_f, **kw)
-        c_b, y_b = scan(backward, params.backward, xs, c_b, reverse=True, **kw)
+        kw = dict(lengths=lengths, time_major=time_major, regularizer=regularizer, **options)
+        k_f, k_b = (None, None)
+        if key is not None and regularizer is not None:
+            k_f, k_b = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
+        c_f, y_f = scan(forward, params.forward, xs, c_f, key=k_f, **kw)
+        c_b, y_b = scan(backward, params.backward, xs, c_b, reverse=True, key=k_b, **kw)
         return BidirectionalCarry(c_f, c_b), jnp.concatenate([y_f, y_b], axis=-1)
 
     def output(carry):
         return jnp.concatenate([forward.output(carry.forward), backward.output(carry.backward)], -1)
 
     return Layer(
-        init, initial_carry, apply, forward.hidden_size + backward.hidden_size, output=output
+        init,
+        initial_carry,
+        apply,
+        forward.hidden_size + backward.hidden_size,
+        stochastic=regularizer is not None,
+        output=output,
     )
 
 
@@ -207,6 +240,7 @@ def make_layer(
     num_layers: int = 1,
     bidirectional: bool = False,
     dropout_rate: float = 0.0,
+    regularizer: Regularizer | None = None,
     remat: int | bool | None = None,
     plan: dict | None = None,
     **cell_options,
@@ -216,17 +250,20 @@ def make_layer(
     ``make_layer("lstm", 64, num_layers=2)`` is
     ``stack([recurrent(lstm(64)), recurrent(lstm(64))])``; ``remat`` goes to every
     layer's scan (rematerialisation over chunks of time, for long sequences), and so do
-    the other plan options in ``plan`` (e.g. ``{"unroll": 4}``).
+    the other plan options in ``plan`` (e.g. ``{"unroll": 4}``); ``regularizer``
+    (zoneout, recurrent dropout, weight drop) to every layer, each with masks of its
+    own.
     """
     from rnnjax.cells.catalogue import make_cell
 
     check_positive_int("num_layers", num_layers)
     options = check_plan_options({**(plan or {}), "remat": remat})
     make = lambda: make_cell(cell, hidden_size, **cell_options)  # noqa: E731
+    reg = dict(regularizer=regularizer)
     wrap = (
-        (lambda: _bidirectional(make(), make(), **options))
+        (lambda: _bidirectional(make(), make(), **reg, **options))
         if bidirectional
-        else (lambda: recurrent(make(), **options))
+        else (lambda: recurrent(make(), **reg, **options))
     )
     return stack([wrap() for _ in range(num_layers)], dropout_rate=dropout_rate)
 

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnnjax import fused, loops
+from rnnjax import fused, loops, regularize
 from rnnjax.cells.base import Array, Cell, PyTree, check_carry, check_params
 from rnnjax.checks import check_in_range
 
@@ -101,6 +101,8 @@ def scan(
     time_major: bool = False,
     perturbation: Perturbation | None = None,
     return_carries: bool = False,
+    regularizer: regularize.Regularizer | None = None,
+    key: Array | None = None,
     vjp: str = "auto",
     loop: str = "auto",
     hoist: bool | None = None,
@@ -131,6 +133,10 @@ def scan(
       perturbation: a :class:`Perturbation` of zeros, for gradient-flow diagnostics.
       return_carries: return every step's carry (padded steps hold the last valid
         one) in place of ``ys``, with the time axis where ``ys`` would have it.
+      regularizer: a :class:`~rnnjax.regularize.Regularizer` (zoneout, variational
+        recurrent dropout, weight drop; :mod:`rnnjax.regularize`), or ``None``.
+      key: the PRNG key its masks are drawn from; ``None``: deterministic (zoneout's
+        expectation, the dropouts off), as at evaluation.
 
     The plan's options (:func:`plan` resolves them; each default is measured):
       vjp: ``"fused"``: the backward loop keeps only ``dh W_h^T`` and ``dW_h`` is one
@@ -171,12 +177,21 @@ def scan(
         or options that do not apply (each error names the argument).
     """
     problem = validate(cell, params, xs, carry, lengths=lengths, time_major=time_major)
+    regularizer = regularize.check(regularizer, cell)
+    # Once per call, inside whatever is differentiated (Cell.prepare): the loop reads
+    # the derived weights, and their gradient goes back through prepare once.
+    weights = cell.prepared(params)
+    if regularizer is not None:
+        cell, weights, xs_masked = regularize.apply(
+            regularizer, cell, weights, problem.xs, problem.carry, key
+        )
+        problem = problem._replace(xs=xs_masked)
     chosen = _resolve(
-        cell, params, problem, perturbation, return_carries,
+        cell, weights, problem, perturbation, return_carries,
         vjp=vjp, loop=loop, hoist=hoist, unroll=unroll, remat=remat, mesh=mesh,
         batch_axis=batch_axis,
     )  # fmt: skip
-    final, ys = run(cell, params, problem, chosen, reverse, perturbation, return_carries)
+    final, ys = run(cell, weights, problem, chosen, reverse, perturbation, return_carries)
     if not time_major:
         ys = jax.tree.map(lambda a: jnp.moveaxis(a, 0, len(problem.batch_shape)), ys)
     return final, ys
@@ -200,7 +215,8 @@ def plan(
     did not apply. ``options`` are scan's plan options (``vjp``, ``loop``, ``hoist``,
     ``unroll``, ``remat``, ``mesh``, ``batch_axis``)."""
     problem = validate(cell, params, xs, carry, lengths=lengths, time_major=time_major)
-    return _resolve(cell, params, problem, perturbation, return_carries, **options)
+    weights = jax.eval_shape(cell.prepared, params)
+    return _resolve(cell, weights, problem, perturbation, return_carries, **options)
 
 
 # ------------------------------------------------------------------ 1. validate
@@ -221,11 +237,12 @@ def validate(
     _check_params(cell, params, xs)
     # Shape-only trace of the projection: the cell's own feature-size error names the
     # shape the caller gave, before any transpose.
-    jax.eval_shape(cell.project, params, xs)
+    weights = jax.eval_shape(cell.prepared, params)
+    jax.eval_shape(cell.project, weights, xs)
 
     xs_tm = xs if time_major else jnp.moveaxis(xs, -2, 0)
     num_steps, batch_shape = xs_tm.shape[0], tuple(xs_tm.shape[1:-1])
-    dtype = jax.tree.leaves(jax.eval_shape(cell.project, params, xs_tm))[0].dtype
+    dtype = jax.tree.leaves(jax.eval_shape(cell.project, weights, xs_tm))[0].dtype
     if carry is None:
         carry = cell.initial_carry(batch_shape, dtype=dtype)
     else:
@@ -275,7 +292,8 @@ def _check_params(cell: Cell, params: PyTree, xs: Array) -> None:
         a.shape != b.shape for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(other))
     ]
     if any(depends) and all(g == w for g, w, d in zip(got, want, depends) if not d):
-        jax.eval_shape(cell.project, params, xs)  # the cell's own error, where it has one
+        # The cell's own error, where it has one.
+        jax.eval_shape(lambda p, x: cell.project(cell.prepared(p), x), params, xs)
         raise ValueError(
             f"xs has feature size {input_size} (shape {tuple(xs.shape)}), but the params "
             f"were made for another input size: expected shapes {want}; got {got}."

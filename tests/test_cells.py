@@ -42,7 +42,8 @@ def test_project_then_recur_equals_step(name):
     cell, params, _ = make(name)
     carry = random_carry(cell, (3,), jax.random.key(1))
     x = jax.random.normal(jax.random.key(2), (3, I))
-    via_halves = cell.recur(params, carry, cell.project(params, x))
+    weights = cell.prepared(params)  # what the step reads (expRNN: W_h = expm(A))
+    via_halves = cell.recur(weights, carry, cell.project(weights, x))
     chex.assert_trees_all_close(via_halves, cell.step(params, carry, x), rtol=1e-6)
 
 

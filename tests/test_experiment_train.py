@@ -51,6 +51,9 @@ TINY_FIXED_EVAL = [a for a in TINY if a not in ("--eval_size", "16")]
         ("digits", ["--cell", "rnn_relu", "--permuted"]),
         ("charlm", ["--seq_len", "10", "--sample_chars", "20", "--cell", "rnn_tanh"]),
         ("hello", ["--num_layers", "2", "--bidirectional"]),
+        # The regularisers of issue 20, on a new cell and on the LSTM.
+        ("adding", ["--seq_len", "8", "--cell", "indrnn", "--zoneout", "0.1"]),
+        ("adding", ["--seq_len", "8", "--recurrent_dropout", "0.2", "--weight_drop", "0.2"]),
     ],
 )
 def test_each_task_writes_every_file(tmp_path, task, extra):
@@ -147,6 +150,11 @@ def test_remat_trains_the_same_model(tmp_path, monkeypatch):
         (["--seq_len", "-3"], "--seq_len must be >= 1; got -3"),
         (["--optimizer", "adamax"], "argument --optimizer: invalid choice"),
         (["--dropout", "1.5"], r"--dropout must lie in \[0, 1\)"),
+        (["--zoneout", "1.0"], r"--zoneout must lie in \[0, 1\)"),
+        (
+            ["--cell", "cornn", "--weight_drop", "0.1"],
+            "--recurrent_dropout and --weight_drop act on .* the cornn cell does not declare",
+        ),
         (["--seeds", "0"], "--seeds must be >= 1; got 0"),
         (["--remat", "-2"], r"--remat must be -1 \(sqrt\(T\)\), 0 \(off\) or a chunk length"),
     ],

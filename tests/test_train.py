@@ -52,11 +52,13 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(cell):
     batch = batch_fn(0)
     loss = jax.jit(lambda p: loss_fn(p, batch, jax.random.key(0))[0])  # one compile, not eager
     before = float(loss(state.params))
-    for _ in range(15):
+    # 25 steps: the gated AntisymmetricRNN moves its state by at most eps = 0.01 a step,
+    # and at 15 it had lowered the loss by 29.6%.
+    for _ in range(25):
         state, metrics = step(state, batch)
     after = float(loss(state.params))
     assert after < 0.7 * before, (before, after)
-    assert int(state.step) == 15
+    assert int(state.step) == 25
 
 
 def test_clipping_bounds_the_applied_update_and_reports_pre_clip_norm():

@@ -57,7 +57,8 @@ def test_study_writes_report_figures_and_summary(tmp_path, capsys):
     default's (test_the_cell_list_is_the_catalogue_when_the_study_runs)."""
     out = tmp_path / "vg"
     cells = ["rnn_tanh", "lstm", "lru", "min_gru"]
-    assert load().main(TINY + ["--cells", ",".join(cells), "--out", str(out)]) == 0
+    argv = TINY + ["--cells", ",".join(cells), "--clip_all", "--out", str(out)]
+    assert load().main(argv) == 0
     for name in (
         "report.md",
         "findings.md",
@@ -81,6 +82,15 @@ def test_study_writes_report_figures_and_summary(tmp_path, capsys):
         f"{c}/g{g}/{o}" for c in ("rnn_tanh", "lru") for g in (0.5, 1.5) for o in ("on", "off")
     }
     assert set(summary["gates"]) == {"lstm", "min_gru"}
+    # The memory horizon (every cell) and the regulariser ablation (the LSTM).
+    assert set(summary["horizon"]) == set(cells)
+    h = summary["horizon"]["lstm"]
+    mse = summary["train"]["lstm/T10"]["mse"]["mean"]
+    assert h["solved_T"] == (10 if mse < 0.01 else None) and h["seeds"] == 2
+    assert "## 7. The memory horizon" in report and "## 8. Regularisers" in report
+    assert set(summary["reg"]) == {
+        f"lstm/{k}" for k in ("zoneout", "recurrent_dropout", "weight_drop")
+    }
     assert {k.split("/")[0] for k in summary["sweep"]} == {"rnn_tanh", "lstm", "lru"}
     # The report's numbers are the summary's: spot-check one cell of table 1.
     f = summary["init"]["lstm/T16"]["factor"]
@@ -133,7 +143,7 @@ def test_gated_cells_alone_skip_the_clipping_figure(tmp_path, monkeypatch):
     argv += ["--cells", "gru", "--out", str(out)]
     assert module.main(argv) == 0
     report = (out / "report.md").read_text()
-    assert "not run: no rnn_tanh or rnn_relu or lru in --cells" in report
+    assert "not run: no rnn_tanh or rnn_relu in --cells" in report
     assert "not run: no lstm in --cells" in report
     assert not (out / "clipping.png").exists() and (out / "final_loss.png").exists()
     assert json.loads((out / "summary.json").read_text())["jacobian_method"] == "exact"
@@ -279,7 +289,8 @@ def test_the_cell_list_is_the_catalogue_when_the_study_runs():
         assert config.unscaled_cells(cfg) == ["half_tanh"]
         assert config.clip_cells(cfg) == ["rnn_tanh"]
         assert config.gate_cells(cfg) == [] and config.forget_cells(cfg) == []
-        gated = ["lstm", "gru", "rg_lru", "min_gru", "min_lstm"]
+        gated = ["lstm", "gru", "rg_lru", "min_gru", "min_lstm", "mgu", "ln_lstm", "ln_gru"]
+        gated += ["lem", "antisymmetric_gated"]
         assert config.gate_cells(config.Config()) == gated
     assert "half_tanh" not in config.Config().cells
     with pytest.raises(ValueError, match="--cells must be names from"):
@@ -310,9 +321,9 @@ def test_a_registered_cell_runs_through_every_section_it_applies_to(tmp_path, ca
     assert set(summary["sweep"]) == {"rnn_tanh/g0.5", "rnn_tanh/g1.5"}
     assert set(summary["clip"]) == {f"rnn_tanh/g{g}/{o}" for g in (0.5, 1.5) for o in ("on", "off")}
     assert summary["gates"] == {} and summary["forget"] == {}
-    # Table rows: gradient flow (1), singular values (2), training (6); not the sweep (3)
-    # nor clipping (5, two scales x on/off for rnn_tanh).
-    assert report.count("| half_tanh |") == 3 and report.count("| rnn_tanh |") == 3 + 1 + 4
+    # Table rows: gradient flow (1), singular values (2), training (6), the memory
+    # horizon (7); not the sweep (3) nor clipping (5, two scales x on/off for rnn_tanh).
+    assert report.count("| half_tanh |") == 4 and report.count("| rnn_tanh |") == 4 + 1 + 4
     assert "not swept: half_tanh." in report and "not run: half_tanh." in report
     assert "- half_tanh: over T=16 at initialisation the gradient changes by" in report
     f = summary["init"]["half_tanh/T16"]["factor"]

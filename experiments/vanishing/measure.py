@@ -21,8 +21,9 @@ from rnnjax.tasks import make_task
 from .config import FORGET_CELL, Config, get_cell
 
 
-def make_model(cell) -> SequenceModel:
-    return SequenceModel(rnnjax.stack([rnnjax.recurrent(cell)]), num_outputs=1, head="last")
+def make_model(cell, regularizer=None) -> SequenceModel:
+    layer = rnnjax.recurrent(cell, regularizer=regularizer)
+    return SequenceModel(rnnjax.stack([layer]), num_outputs=1, head="last")
 
 
 def variant(
@@ -161,14 +162,24 @@ def trainer(
     learning_rate: float,
     batch_size: int,
     eval_size: int,
+    regularizer=None,
 ):
-    """Compiled pieces for training one cell at one length, shared by every variant."""
-    model = make_model(cell)
+    """Compiled pieces for training one cell at one length, shared by every variant.
+    With a ``regularizer`` the training loss draws its masks from the step's key; the
+    evaluation is deterministic."""
+    model = make_model(cell, regularizer)
     task = make_task("adding", seq_len=T, eval_size=eval_size)
     optimizer, schedule = tr.make_optimizer("adam", learning_rate, clip_norm=clip)
 
     def loss_fn(p, batch, key):
-        return task.loss(model.apply({"params": p}, batch.inputs, batch.lengths), batch), {}
+        out = model.apply(
+            {"params": p},
+            batch.inputs,
+            batch.lengths,
+            deterministic=regularizer is None,
+            rngs={"dropout": key},
+        )
+        return task.loss(out, batch), {}
 
     step = jax.jit(
         tr.vmap_seeds(tr.make_train_step(loss_fn, optimizer, clip_norm=clip, schedule=schedule))
@@ -200,13 +211,14 @@ def train_cell(
     clip: float | None,
     scale: float | None = None,
     forget: str = "1",
+    regularizer=None,
 ):
     """Train the catalogue cell ``name`` (a variant of its initial params) on the adding
     problem of length ``T``, every seed at once; a non-finite loss ends the run with
     its status, not an error."""
     cell = get_cell(name, cfg.hidden_size)
     model, task, step, init_state, batch_fn, evaluate = trainer(
-        cell, T, clip, cfg.learning_rate, cfg.train_batch, cfg.eval_size
+        cell, T, clip, cfg.learning_rate, cfg.train_batch, cfg.eval_size, regularizer
     )
     keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(1), s))(jnp.asarray(seeds))
     init_keys, data_keys, train_keys = jax.vmap(lambda k: jax.random.split(k, 3), out_axes=1)(keys)

@@ -9,17 +9,22 @@ from pathlib import Path
 import common
 import numpy as np
 
+import rnnjax
+
 from .config import FORGET_CELL, Config, clip_cells, sweep_cells
 
 LOG10 = 1 / math.log(10)
 
 
 def plot(cfg: Config, results: dict, out: Path) -> None:
-    """Every figure: ``grad_vs_distance.png``, ``singular_values.png``,
-    ``scale_sweep.png`` (cells with a recurrent scale), ``final_loss.png`` and
-    ``clipping.png`` (the clipping study's cells)."""
+    """Every figure: ``grad_vs_distance.png`` and ``singular_values.png`` (one panel
+    per family, so many cells stay readable), ``scale_sweep.png`` (cells with a
+    recurrent scale), ``final_loss.png`` and ``clipping.png`` (the clipping study's
+    cells)."""
     plt = common.pyplot()
-    colors = {name: f"C{i}" for i, name in enumerate(cfg.cells)}
+    colors = {}
+    for names in families(cfg).values():  # colours repeat across panels, not within one
+        colors.update({name: f"C{i}" for i, name in enumerate(names)})
     for figure in (grad_vs_distance, singular_values, scale_sweep, final_loss, clipping):
         fig = figure(plt, cfg, results, colors)
         if fig is None:
@@ -29,53 +34,81 @@ def plot(cfg: Config, results: dict, out: Path) -> None:
         plt.close(fig)
 
 
+def families(cfg: Config) -> dict[str, list[str]]:
+    """The chosen cells by the catalogue's family, in catalogue order."""
+    out: dict[str, list[str]] = {}
+    for name in cfg.cells:
+        out.setdefault(rnnjax.cells.get(name).family or "other", []).append(name)
+    return out
+
+
+def _panels(plt, n: int, rows_per: int = 1, width: float = 3.6, height: float = 2.9):
+    cols = min(n, 4)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(
+        rows * rows_per, cols, figsize=(width * cols, height * rows * rows_per), squeeze=False
+    )
+    return fig, axes, cols
+
+
 def grad_vs_distance(plt, cfg: Config, results: dict, colors: dict):
+    """Two rows per row of families: at initialisation (longest T) and after training
+    (longest training T); the tanh RNN in grey in every panel, for reference."""
     T_max = max(cfg.lengths)
     t_train = max(cfg.train_lengths)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=False)
-    for name in cfg.cells:
-        r = results["init"][(name, T_max)]["log_norm"] * LOG10  # [S, T]
-        d = np.arange(r.shape[1])[::-1]
-        axes[0].plot(d, r.mean(0), color=colors[name], label=name)
-        if name == FORGET_CELL:
-            c = results["init"][(name, T_max)]["log_norm_c"] * LOG10
-            # dL/dc_T is exactly 0 (the loss reads h_T): plot from distance 1 on.
-            axes[0].plot(
-                d[1:], c.mean(0)[:-1], color=colors[name], ls="--", label=f"{name}, dL/dc_t"
-            )
-        axes[0].fill_between(d, r.min(0), r.max(0), color=colors[name], alpha=0.2)
-        a = results["train"][(name, t_train)]["after"]["log_norm"] * LOG10
-        d2 = np.arange(a.shape[1])[::-1]
-        axes[1].plot(d2, a.mean(0), color=colors[name], label=name)
-        axes[1].fill_between(d2, a.min(0), a.max(0), color=colors[name], alpha=0.2)
-    axes[0].set(
-        title=f"at initialisation, T={T_max}", xlabel="distance T - t", ylabel="log10 ||dL/dh_t||"
-    )
-    axes[1].set(
-        title=f"after {cfg.train_steps} training steps, T={t_train}", xlabel="distance T - t"
-    )
-    axes[0].legend()
+    fams = families(cfg)
+    fig, axes, cols = _panels(plt, len(fams), rows_per=2)
+    base = "rnn_tanh" if "rnn_tanh" in cfg.cells else None
+    for i, (fam, names) in enumerate(fams.items()):
+        top, bottom = axes[2 * (i // cols)][i % cols], axes[2 * (i // cols) + 1][i % cols]
+        shown = names if base is None or base in names else [base, *names]
+        for name in shown:
+            color = colors[name] if name in names else "0.6"
+            r = results["init"][(name, T_max)]["log_norm"] * LOG10  # [S, T]
+            d = np.arange(r.shape[1])[::-1]
+            top.plot(d, r.mean(0), color=color, label=name)
+            top.fill_between(d, r.min(0), r.max(0), color=color, alpha=0.2)
+            if name == FORGET_CELL:
+                c = results["init"][(name, T_max)]["log_norm_c"] * LOG10
+                # dL/dc_T is exactly 0 (the loss reads h_T): plot from distance 1 on.
+                top.plot(d[1:], c.mean(0)[:-1], color=color, ls="--", label=f"{name}, dL/dc_t")
+            a = results["train"][(name, t_train)]["after"]["log_norm"] * LOG10
+            d2 = np.arange(a.shape[1])[::-1]
+            bottom.plot(d2, a.mean(0), color=color, label=name)
+            bottom.fill_between(d2, a.min(0), a.max(0), color=color, alpha=0.2)
+        top.set(title=f"{fam}: at initialisation, T={T_max}", xlabel="distance T - t")
+        bottom.set(title=f"{fam}: after training, T={t_train}", xlabel="distance T - t")
+        top.legend(fontsize=7)
+        if i % cols == 0:
+            top.set_ylabel("log10 ||dL/dh_t||")
+            bottom.set_ylabel("log10 ||dL/dh_t||")
+    for k in range(len(fams), axes.shape[1] * (axes.shape[0] // 2)):
+        axes[2 * (k // cols)][k % cols].axis("off")
+        axes[2 * (k // cols) + 1][k % cols].axis("off")
     fig.suptitle(
-        f"Gradient reaching step t on the adding problem (H={cfg.hidden_size}; band: min-max over {cfg.seeds} seeds)"
+        f"Gradient reaching step t on the adding problem (H={cfg.hidden_size}; band: min-max "
+        f"over {cfg.seeds} seeds; grey: rnn_tanh; training: {cfg.train_steps} steps)"
     )
     return fig
 
 
 def singular_values(plt, cfg: Config, results: dict, colors: dict):
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for name in cfg.cells:
-        j = results["jacobian"][name]
-        ax.semilogy(j["distance"], j["sigma_max"], color=colors[name], label=f"{name} max")
-        ax.semilogy(
-            j["distance"],
-            np.maximum(j["sigma_min"], 1e-38),
-            color=colors[name],
-            ls=":",
-            label=f"{name} min",
-        )
-    ax.set(title=f"singular values of dh_T/dh_t (T={cfg.sweep_len})", xlabel="distance T - t")
-    ax.set_ylim(bottom=1e-30)
-    ax.legend(fontsize=7, ncol=2)
+    fams = families(cfg)
+    fig, axes, cols = _panels(plt, len(fams))
+    for i, (fam, names) in enumerate(fams.items()):
+        ax = axes[i // cols][i % cols]
+        for name in names:
+            j = results["jacobian"][name]
+            ax.semilogy(j["distance"], j["sigma_max"], color=colors[name], label=f"{name} max")
+            ax.semilogy(
+                j["distance"], np.maximum(j["sigma_min"], 1e-38), color=colors[name], ls=":"
+            )
+        ax.set(title=f"{fam} (dotted: sigma_min)", xlabel="distance T - t")
+        ax.set_ylim(bottom=1e-30, top=10)
+        ax.legend(fontsize=7)
+    for k in range(len(fams), axes.size):
+        axes[k // cols][k % cols].axis("off")
+    fig.suptitle(f"singular values of dh_T/dh_t (T={cfg.sweep_len}, seed 0)")
     return fig
 
 
@@ -100,17 +133,20 @@ def scale_sweep(plt, cfg: Config, results: dict, colors: dict):
 
 
 def final_loss(plt, cfg: Config, results: dict, colors: dict):
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = plt.subplots(figsize=(8.5, 4.6))
     Ts = list(cfg.train_lengths)
+    styles = {}
+    for k, names in enumerate(families(cfg).values()):  # a marker per family
+        styles.update({n: "osD^vP*X"[k % 8] for n in names})
     for name in cfg.cells:
         m = np.array([results["train"][(name, T)]["mse"] for T in Ts])  # [len, S]
         ax.errorbar(
             Ts,
             m.mean(1),
             yerr=m.std(1, ddof=1) if m.shape[1] > 1 else None,
-            marker="o",
+            marker=styles[name],
             color=colors[name],
-            label=name,
+            label=f"{name} ({rnnjax.cells.get(name).family})",
             capsize=3,
         )
     ax.axhline(1 / 6, color="k", ls="--", lw=1, label="predict 1 (0.167)")
@@ -121,7 +157,7 @@ def final_loss(plt, cfg: Config, results: dict, colors: dict):
         ylabel="test MSE",
         title=f"adding problem after {cfg.train_steps} steps",
     )
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return fig
 
 

@@ -11,7 +11,10 @@ names of its params' fields:
 5. :func:`clipping`: clipping on and off at ``g < 1`` and ``g > 1`` (ungated cells
    with a recurrent scale);
 6. :func:`training`: the outcome of training on the adding problem, and the gradient
-   flow after it (every cell).
+   flow after it (every cell); the memory horizon is read from it and section 1;
+7. :func:`regularizers`: training with each regulariser (zoneout, recurrent dropout,
+   weight drop) against without (``--reg_cells``, cells that declare their recurrent
+   matmul).
 
 Every measurement is a unit of :class:`common.UnitCache`, named by a fixed key and a
 function of the config alone, so a study stopped part way resumes to the same numbers.
@@ -33,11 +36,14 @@ from rnnjax.tasks import make_task
 
 from . import measure
 from .config import (
+    REGULARIZERS,
     Config,
     clip_cells,
     forget_cells,
     gate_cells,
     get_cell,
+    reg_cells,
+    regularizer,
     sweep_cells,
 )
 
@@ -250,6 +256,40 @@ def training(study: Study) -> dict:
     return out
 
 
+def regularizers(study: Study) -> dict:
+    """7. The regulariser ablation: each ``--reg_cells`` cell trained at the longest
+    training length with each regulariser at ``--reg_rate`` (without one: the training
+    section's run): ``{(name, kind): record}``."""
+    cfg, out = study.cfg, {}
+    T = max(cfg.train_lengths)
+    for name in reg_cells(cfg):
+        for kind in REGULARIZERS:
+
+            def outcome(name=name, kind=kind):
+                trained = measure.train_cell(
+                    name,
+                    T,
+                    cfg,
+                    study.seeds,
+                    steps=cfg.train_steps,
+                    clip=cfg.clip_norm,
+                    regularizer=regularizer(kind, cfg.reg_rate),
+                )
+                b = make_task("adding", seq_len=T).sample(
+                    jax.random.key(20_000 + T), cfg.batch_size
+                )
+                return {
+                    "mse": trained["mse"],
+                    "after": measure.grad_flow(trained["cell"], trained["params"], b),
+                    "wall_s": trained["wall_s"],
+                    "status": trained["status"],
+                }
+
+            out[(name, kind)] = study.units(f"reg-{name}-{kind}-r{cfg.reg_rate}-T{T}", outcome)
+            study.tick(f"regularizer {name} {kind}")
+    return out
+
+
 def num_units(cfg: Config) -> int:
     """How many measurements :func:`run` takes (the progress bar's total)."""
     forget = len(forget_cells(cfg)) * len(cfg.forget_biases) * (len(cfg.lengths) + cfg.forget_train)
@@ -259,12 +299,13 @@ def num_units(cfg: Config) -> int:
         + len(sweep_cells(cfg)) * len(cfg.scales)
         + forget
         + len(clip_cells(cfg)) * len(cfg.clip_scales) * 2
+        + len(reg_cells(cfg)) * len(REGULARIZERS)
     )
 
 
 def run(cfg: Config, units: common.UnitCache | None = None) -> dict:
     """Every section in turn. Returns ``{"init", "sweep", "forget", "clip", "train",
-    "jacobian", "gates", "timing"}``: each section's measurements keyed as its
+    "reg", "jacobian", "gates", "timing"}``: each section's measurements keyed as its
     function says, and the seconds spent per phase."""
     units = units or common.UnitCache(None)
     bar = _bar(cfg.progress, num_units(cfg))
@@ -288,6 +329,7 @@ def run(cfg: Config, units: common.UnitCache | None = None) -> dict:
     forget = forget_bias(study)
     clip = clipping(study)
     train = training(study)
+    reg = regularizers(study)
     if bar is not None:
         bar.close()
     return {
@@ -296,6 +338,7 @@ def run(cfg: Config, units: common.UnitCache | None = None) -> dict:
         "forget": forget,
         "clip": clip,
         "train": train,
+        "reg": reg,
         "jacobian": jacobian,
         "gates": gates,
         "timing": timing,

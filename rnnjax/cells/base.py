@@ -62,9 +62,16 @@ class Cell(NamedTuple):
       linear: a :class:`LinearRecurrence`, when the recurrence is linear in the state,
         ``h_t = a_t * h_{t-1} + b_t`` elementwise: the driver may then run it as a
         parallel prefix scan (``jax.lax.associative_scan``).
+      prepare: ``prepare(params) -> weights``, for a cell whose step reads weights
+        derived from its trainable params (expRNN's ``W_h = expm(A)``): the driver
+        calls it once per call, before the loop, inside whatever is differentiated,
+        and passes ``weights`` to ``project``, ``recur``, ``gates``, ``fused`` and
+        ``linear`` (so the backward maps ``dL/dW_h``, summed over the steps, back
+        through ``prepare`` once, not once a step). ``init`` returns the trainable
+        params; ``None`` (every other cell): the step reads the params themselves.
 
-    ``step(params, carry, x) == recur(params, carry, project(params, x))`` is derived
-    here once, never written per cell.
+    ``step(params, carry, x) == recur(w, carry, project(w, x))`` with
+    ``w = prepared(params)`` is derived here once, never written per cell.
     """
 
     name: str
@@ -79,10 +86,20 @@ class Cell(NamedTuple):
     fused: FusedRecurrence | None = None
     recurrent_scale: Callable[[PyTree, Any], PyTree] | None = None
     linear: LinearRecurrence | None = None
+    prepare: Callable[[PyTree], PyTree] | None = None
+
+    def prepared(self, params: PyTree) -> PyTree:
+        """What the step reads: ``prepare(params)``, or ``params`` for a cell without
+        ``prepare``."""
+        return params if self.prepare is None else self.prepare(params)
 
     def step(self, params: PyTree, carry: PyTree, x: Array) -> tuple[PyTree, Array]:
-        """One full time step: ``recur(params, carry, project(params, x))``."""
-        return self.recur(params, carry, self.project(params, x))
+        """One full time step from the trainable params:
+        ``recur(w, carry, project(w, x))`` with ``w = prepared(params)`` (a cell with
+        ``prepare`` derives its weights at every call: a driver loop prepares once and
+        calls ``recur``)."""
+        weights = self.prepared(params)
+        return self.recur(weights, carry, self.project(weights, x))
 
 
 class FusedRecurrence(NamedTuple):

@@ -18,22 +18,46 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from rnnjax.cells import elman, gru, lru, lstm, minrnn, rglru
+# Entries by name, not modules: the package rebinds each module's name to its factory.
+from rnnjax.cells.antisymmetric import ENTRY as ANTISYMMETRIC
+from rnnjax.cells.antisymmetric import GATED_ENTRY as ANTISYMMETRIC_GATED
 from rnnjax.cells.base import Cell, Entry, TorchMapping
+from rnnjax.cells.cornn import ENTRY as CORNN
+from rnnjax.cells.elman import RNN_RELU, RNN_TANH
+from rnnjax.cells.gru import ENTRY as GRU
+from rnnjax.cells.indrnn import ENTRY as INDRNN
+from rnnjax.cells.layernorm import LN_GRU, LN_LSTM
+from rnnjax.cells.lem import ENTRY as LEM
+from rnnjax.cells.lru import ENTRY as LRU
+from rnnjax.cells.lstm import ENTRY as LSTM
+from rnnjax.cells.mgu import ENTRY as MGU
+from rnnjax.cells.minrnn import MIN_GRU, MIN_LSTM
+from rnnjax.cells.orthogonal import ENTRY as EXPRNN
+from rnnjax.cells.rglru import ENTRY as RG_LRU
 
 __all__ = ["Entry", "TorchMapping", "get", "make_cell", "names", "register", "registered"]
 
 
 BUILTIN: tuple[Entry, ...] = (
-    elman.RNN_TANH,
-    elman.RNN_RELU,
-    lstm.ENTRY,
-    gru.ENTRY,
+    RNN_TANH,
+    RNN_RELU,
+    LSTM,
+    GRU,
     # Linear in the state (issue 21): the associative scan.
-    lru.ENTRY,
-    rglru.ENTRY,
-    minrnn.MIN_GRU,
-    minrnn.MIN_LSTM,
+    LRU,
+    RG_LRU,
+    MIN_GRU,
+    MIN_LSTM,
+    # The nonlinear families that fight vanishing gradients (issue 20).
+    MGU,
+    LN_LSTM,
+    LN_GRU,
+    INDRNN,
+    EXPRNN,
+    CORNN,
+    LEM,
+    ANTISYMMETRIC,
+    ANTISYMMETRIC_GATED,
 )
 
 _ENTRIES: dict[str, Entry] = {}
