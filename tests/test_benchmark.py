@@ -169,7 +169,9 @@ def test_gate_every_backend_computes_the_same_function(tmp_path):
                 if g["cell"] in TORCH
                 else "float64 JAX autodiff of the catalogue's reference"
             )
-            assert r["max_abs_output_error"] < 1e-5 and r["grad_reference"] == want
+            # The gate's rule: 1e-5, times the largest reference output beyond |y| = 1.
+            scale = max(1.0, r["output_scale"])
+            assert r["max_abs_output_error"] < 1e-5 * scale and r["grad_reference"] == want
     for cell in ("rnn_tanh", "rnn_relu"):
         assert f"Equinox has no {cell} cell" in record["skipped"][f"equinox/{cell}"]
     assert (f"{CUDNN}/lstm" in record["skipped"]) == (not gpu)
@@ -643,8 +645,8 @@ def test_least_matmul_flops_are_what_the_training_step_does(cell):
         if core.prepare is not None:
             # The per-token work: the step over the derived weights (expRNN's
             # W_h = expm(A), O(H^3) once per call, is not counted per token).
-            params = core.prepare(params)
-            core = core._replace(prepare=None)
+            params, prepare, init = core.prepare(params), core.prepare, core.init
+            core = core._replace(prepare=None, init=lambda k, i: prepare(init(k, i)))
 
         def forward(p, x):
             return rnnjax.scan(core, p, x, vjp="autodiff")[1]

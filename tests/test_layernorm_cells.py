@@ -33,17 +33,6 @@ LENGTHS = np.array([T, 0, 4])
 scan = jax.jit(rnnjax.scan, static_argnums=0, static_argnames=("reverse", "vjp", "hoist"))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def quick_compiles():
-    """XLA's optimisation passes off for this module, restored after it: the programs
-    here are tiny and compiling them is nearly all of the file's time (measured 40 s of
-    CPU with them, 26 s without); the computations checked are the same."""
-    before = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", before)
-
-
 @contextlib.contextmanager
 def in_catalogue(entry):
     """``entry`` in the catalogue: already there once the lead wires it into BUILTIN,
