@@ -117,8 +117,7 @@ def draw(
         return Masks()
     k_zone, k_drop, k_weight = (jax.random.fold_in(key, i) for i in range(3))
     zone = None
-    rates = _zoneout_rates(regularizer.zoneout)
-    if rates:
+    if _zoneout_rates(regularizer.zoneout):
         leaves, treedef = jax.tree.flatten(carry)
         per_leaf = _leaf_rates(regularizer.zoneout, carry)
         zone = jax.tree.unflatten(
@@ -167,7 +166,8 @@ def apply(
             new, _ = cell.recur(w, old, xp_t)
         else:
             w_h = getattr(w, cell.fused.weight)
-            h = cell.output(old) * drop_t.astype(cell.output(old).dtype)
+            h = cell.output(old)
+            h = h * drop_t.astype(h.dtype)
             new, _ = cell.fused.recur_z(w, old, xp_t, h.astype(w_h.dtype) @ w_h)
         if any(rates):
             if zone_t is None:  # evaluation: the expectation
