@@ -3,16 +3,28 @@ import shutil
 import tempfile
 from pathlib import Path
 
-# One persistent compilation cache for this test session, shared by the pytest-xdist
-# workers and every script the tests start in a subprocess: the subprocess tests run
-# the same train step in several processes (interrupted, resumed, uninterrupted; one
-# device, two processes), and each would otherwise compile it again. Fresh per session
-# (so every run compiles everything at least once) and removed at its end. Set before
-# JAX is imported, which reads it then; a cache directory the caller set is kept.
+# A persistent compilation cache for this test session, shared by every script the
+# tests start in a subprocess: the subprocess tests run the same train step in several
+# processes one after another (interrupted, resumed, uninterrupted), and each would
+# otherwise compile it again. Fresh per session (so every run compiles everything at
+# least once) and removed at its end. Set before JAX is imported, which reads it then; a
+# cache directory the caller set is kept.
+#
+# Never one directory for two processes that run at once: JAX writes an entry in place
+# and takes no lock (jax/_src/lru_cache.py, without a size limit; with one, every write
+# rescans the whole directory), so a process reading an entry another is still writing
+# deserialises a truncated executable and crashes (two pytest-xdist workers sharing the
+# cache segfaulted in CI at d457bae and a49b961). So each xdist worker has its own
+# subfolder, and the tests that start processes side by side give each its own
+# (tests/test_distributed.py).
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="rnnjax-tests-xla-")
     os.environ["RNNJAX_TESTS_OWN_XLA_CACHE"] = os.environ["JAX_COMPILATION_CACHE_DIR"]
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+if "PYTEST_XDIST_WORKER" in os.environ:  # set by xdist before this file is imported
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(
+        os.environ["JAX_COMPILATION_CACHE_DIR"], os.environ["PYTEST_XDIST_WORKER"]
+    )
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

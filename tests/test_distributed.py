@@ -228,7 +228,11 @@ def test_the_same_command_on_one_device_and_on_two_processes(tmp_path):
             stderr=subprocess.PIPE,
             text=True,
             env=_env(
-                2, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)
+                2,
+                JAX_COORDINATOR_ADDRESS=address,
+                JAX_NUM_PROCESSES="2",
+                JAX_PROCESS_ID=str(i),
+                **_own_cache(i),
             ),
         )
         for i in range(2)
@@ -254,6 +258,13 @@ def test_the_same_command_on_one_device_and_on_two_processes(tmp_path):
     np.testing.assert_allclose(
         final(multi)["mse"]["per_seed"], final(tmp_path / "one")["mse"]["per_seed"], rtol=2e-5
     )
+
+
+def _own_cache(i: int) -> dict:
+    """A compilation-cache folder for process ``i`` of processes that run at once (no two
+    live processes share one: tests/conftest.py says why)."""
+    base = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    return {} if base is None else {"JAX_COMPILATION_CACHE_DIR": os.path.join(base, f"proc{i}")}
 
 
 def _free_port() -> int:
@@ -288,7 +299,7 @@ def test_two_processes_on_loopback_equal_one_process(tmp_path):
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=dict(env, JAX_PROCESS_ID=str(i)),
+            env=dict(env, JAX_PROCESS_ID=str(i), **_own_cache(i)),
         )
         for i in range(2)
     ]
