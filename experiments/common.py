@@ -12,7 +12,6 @@ import math
 import os
 import pickle
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -309,7 +308,7 @@ class TensorBoard:
 RESUMABLE = frozenset(
     {
         "resume", "progress", "out", "name", "eval_every", "save_every", "keep",
-        "devices", "parallel", "keep_freed_memory", "sample_chars", "tensorboard", "workers",
+        "devices", "parallel", "keep_freed_memory", "sample_chars", "tensorboard",
     }
 )  # fmt: skip
 
@@ -431,13 +430,11 @@ class UnitCache:
         self.folder = None if folder is None else Path(folder)
         self.resume = resume
         self.reused = 0  # units read back rather than computed, in this process
-        self._lock = threading.Lock()  # units may be computed on several threads at once
 
     def __call__(self, key: str, compute):
         path = self._path(key)
         if path is not None and self.resume and path.exists():
-            with self._lock:
-                self.reused += 1
+            self.reused += 1
             return pickle.loads(path.read_bytes())
         value = compute()
         if path is not None:

@@ -173,9 +173,7 @@ def test_full_preset_sets_paper_sizes_and_keeps_overrides(monkeypatch, tmp_path)
 def _without_timing(summary: dict) -> dict:
     drop = ("wall_s", "environment", "timing", "units_resumed", "command")
     out = {k: v for k, v in summary.items() if k not in drop}
-    out["config"] = {
-        k: v for k, v in out["config"].items() if k not in ("out", "resume", "workers")
-    }
+    out["config"] = {k: v for k, v in out["config"].items() if k not in ("out", "resume")}
     for section in out.values():  # per-measurement wall times
         if isinstance(section, dict):
             for entry in section.values():
@@ -188,14 +186,10 @@ def _without_timing(summary: dict) -> dict:
 def test_a_stopped_study_resumes_to_the_same_numbers(tmp_path, monkeypatch, capsys):
     """Every finished measurement is saved as it completes; --resume reads them back and
     computes the rest, and the summary equals an uninterrupted study's. Without
-    --resume an unfinished study is not overwritten. The uninterrupted study measures
-    one unit at a time, the stopped and resumed ones two at once (threads): the same
-    numbers either way, and Ctrl-C in a thread stops the study."""
+    --resume an unfinished study is not overwritten."""
     module = load()
     argv = [a for a in TINY if a != "--forget_train"] + ["--cells", "rnn_tanh,lstm"]
-    straight_argv = argv + ["--out", str(tmp_path / "straight"), "--workers", "1"]
-    argv += ["--workers", "2"]
-    assert module.main(straight_argv) == 0
+    assert module.main(argv + ["--out", str(tmp_path / "straight")]) == 0
     straight = json.loads((tmp_path / "straight" / "summary.json").read_text())
 
     calls = {"n": 0}
@@ -222,56 +216,6 @@ def test_a_stopped_study_resumes_to_the_same_numbers(tmp_path, monkeypatch, caps
     resumed = json.loads((out / "summary.json").read_text())
     assert resumed["units_resumed"] == saved
     assert _without_timing(resumed) == _without_timing(straight)
-
-
-def test_units_run_at_once_keep_their_order_and_raise_their_errors():
-    """Study.measure on two threads: the values in the order asked for whatever order
-    they finish in, one tick per unit, and a unit's error raised to the caller with the
-    units not yet started dropped."""
-    import threading
-    import time
-
-    ticks = []
-    cfg = config.Config(cells=("rnn_tanh",), seeds=1, workers=2)
-    study = sections.Study(cfg, common.UnitCache(None), ticks.append)
-    assert study.workers == 2
-    # The first unit returns only once the second has started: both ran at once (with
-    # one thread the first would wait its 30 s and fail).
-    second_done = threading.Event()
-
-    def first():
-        assert second_done.wait(timeout=30)
-        return 1
-
-    def second():
-        second_done.set()
-        return 2
-
-    todo = {"a": sections.Unit("a", "x a", first), "b": sections.Unit("b", "x b", second)}
-    assert list(study.measure(todo).items()) == [("a", 1), ("b", 2)]
-    assert sorted(ticks) == ["x a", "x b"]  # one tick each, in the order they finished
-
-    started = []
-
-    def fail():
-        started.append("fail")
-        raise ValueError("unit failed")
-
-    def slow(name):
-        def run():
-            started.append(name)
-            time.sleep(0.2)
-            return name
-
-        return run
-
-    todo = {"f": sections.Unit("f", "x f", fail)}
-    todo |= {f"s{i}": sections.Unit(f"s{i}", f"x s{i}", slow(f"s{i}")) for i in range(20)}
-    with pytest.raises(ValueError, match="unit failed"):
-        study.measure(todo)
-    assert len(started) <= 4  # the 18 or more queued behind the failure never started
-    with pytest.raises(ValueError, match="--workers must be >= 0"):
-        config.Config(workers=-1).validate()
 
 
 # --------------------------------------------------- a cell registered by a test

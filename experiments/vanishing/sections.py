@@ -18,21 +18,14 @@ names of its params' fields:
 
 Every measurement is a unit of :class:`common.UnitCache`, named by a fixed key and a
 function of the config alone, so a study stopped part way resumes to the same numbers.
-Each section hands its units to :meth:`Study.measure`, which runs ``--workers`` of them
-at once on threads (XLA compiles and runs with Python's lock released; on a CPU one
-small recurrence keeps one core busy, so a second unit takes the second core). The
-numbers do not depend on how many run at once: each unit is the same program on the
-same inputs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import common
 import jax
@@ -55,24 +48,6 @@ from .config import (
 )
 
 
-@dataclasses.dataclass(frozen=True)
-class Unit:
-    """One measurement: its :class:`common.UnitCache` key, the progress bar's text (the
-    first word names the phase) and the function of the config that computes it."""
-
-    key: str
-    desc: str
-    compute: Callable[[], object]
-
-
-def num_workers(cfg: Config) -> int:
-    """``--workers``, with 0 resolved: one per CPU core on a CPU, one on an accelerator
-    (where a unit's kernels already queue behind each other on the one device)."""
-    if cfg.workers:
-        return cfg.workers
-    return (os.cpu_count() or 1) if jax.default_backend() == "cpu" else 1
-
-
 @dataclasses.dataclass
 class Study:
     """What every section reads: the config, the unit cache, the seeds and their
@@ -88,29 +63,6 @@ class Study:
         self.seed_keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(0), s))(
             jnp.asarray(self.seeds)
         )
-        self.workers = num_workers(self.cfg)
-
-    def measure(self, todo: dict) -> dict:
-        """``{k: unit}`` -> ``{k: value}`` in the same order: each unit through the cache,
-        ``self.workers`` at once, ticking as each finishes. A unit's error is raised
-        here; on an error or Ctrl-C the units not started are dropped and those running
-        finish (and are saved, so ``--resume`` keeps them)."""
-        if self.workers == 1 or len(todo) <= 1:
-            out = {}
-            for k, unit in todo.items():
-                out[k] = self.units(unit.key, unit.compute)
-                self.tick(unit.desc)
-            return out
-        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="rnnjax-unit")
-        futures = {k: pool.submit(self.units, u.key, u.compute) for k, u in todo.items()}
-        names = {f: k for k, f in futures.items()}
-        try:
-            for f in as_completed(names):
-                f.result()
-                self.tick(todo[names[f]].desc)
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-        return {k: f.result() for k, f in futures.items()}
 
     def cell(self, name: str):
         return get_cell(name, self.cfg.hidden_size)
@@ -123,7 +75,7 @@ class Study:
 
 def init_flow(study: Study) -> dict:
     """1. Gradient flow at initialisation, per cell and length: ``{(name, T): flow}``."""
-    cfg, todo = study.cfg, {}
+    cfg, out = study.cfg, {}
     for name in cfg.cells:
         cell = study.cell(name)
         for T in cfg.lengths:
@@ -134,32 +86,33 @@ def init_flow(study: Study) -> dict:
                 batch = task.sample(jax.random.key(10_000 + T), cfg.batch_size)
                 return measure.grad_flow(cell, params, batch)
 
-            todo[(name, T)] = Unit(f"init-{name}-T{T}", f"init {name} T={T}", measure_it)
-    return study.measure(todo)
+            out[(name, T)] = study.units(f"init-{name}-T{T}", measure_it)
+            study.tick(f"init {name} T={T}")
+    return out
 
 
 def spectra(study: Study) -> dict:
     """2. Singular values of ``dh_T/dh_t`` at ``T = sweep_len`` (seed 0, one example),
     per cell: ``{name: jacobian}``."""
-    cfg = study.cfg
+    cfg, out = study.cfg, {}
     task = make_task("adding", seq_len=cfg.sweep_len)
     x0 = task.sample(jax.random.key(7), 1).inputs[0]
     method = measure.jacobian_method(cfg)
-    todo = {}
     for name in cfg.cells:
 
         def measure_it(name=name):
             p0 = study.first_seed_params(name, task)
             return measure.jacobians(study.cell(name), p0, x0, method)
 
-        todo[name] = Unit(f"jacobians-{name}", f"jacobians {name}", measure_it)
-    return study.measure(todo)
+        out[name] = study.units(f"jacobians-{name}", measure_it)
+        study.tick(f"jacobians {name}")
+    return out
 
 
 def gate_statistics(study: Study) -> dict:
     """2. Mean gate activations at initialisation (seed 0, ``T = sweep_len``), for the
     cells that declare their gates: ``{name: {gate: mean}}``."""
-    cfg, todo = study.cfg, {}
+    cfg, out = study.cfg, {}
     task = make_task("adding", seq_len=cfg.sweep_len)
     for name in gate_cells(cfg):
 
@@ -168,39 +121,38 @@ def gate_statistics(study: Study) -> dict:
             p0 = study.first_seed_params(name, task)
             return measure.gate_means(study.cell(name), p0, inputs)
 
-        todo[name] = Unit(f"gates-{name}", f"gates {name}", measure_it)
-    return study.measure(todo)
+        out[name] = study.units(f"gates-{name}", measure_it)
+        study.tick(f"gates {name}")
+    return out
 
 
 def scale_sweep(study: Study) -> dict:
     """3. Recurrent-scale sweep at ``T = sweep_len``, for the cells that declare a
     recurrent scale: ``{(name, g): flow}``."""
-    cfg, todo = study.cfg, {}
+    cfg, out = study.cfg, {}
     task = make_task("adding", seq_len=cfg.sweep_len)
     batch = task.sample(jax.random.key(11), cfg.batch_size)
     for name in sweep_cells(cfg):
         cell = study.cell(name)
-        # Each g scales the same initial params (computed by the first unit that needs
-        # them; a second thread at the same moment computes the same numbers).
         base = functools.cache(
             lambda cell=cell: measure.init_params(measure.make_model(cell), task, study.seed_keys)
         )
         for g in cfg.scales:
-            todo[(name, g)] = Unit(
+            out[(name, g)] = study.units(
                 f"sweep-{name}-g{g}",
-                f"sweep {name} g={g}",
                 lambda cell=cell, g=g, base=base: measure.grad_flow(
                     cell, measure.variant(base(), cell, scale=g), batch
                 ),
             )
-    return study.measure(todo)
+            study.tick(f"sweep {name} g={g}")
+    return out
 
 
 def forget_bias(study: Study) -> dict:
     """4. The LSTM forget-bias ablation: gradient flow over lengths, and (with
     ``--forget_train``) training at the longest training length:
     ``{(forget, T): flow}`` and ``{(forget, "train"): {"mse", "wall_s"}}``."""
-    cfg, todo = study.cfg, {}
+    cfg, out = study.cfg, {}
     t_long = max(cfg.train_lengths)
     for name in forget_cells(cfg):
         cell = study.cell(name)
@@ -218,9 +170,8 @@ def forget_bias(study: Study) -> dict:
                     b = task_t.sample(jax.random.key(10_000 + T), cfg.batch_size)
                     return measure.grad_flow(cell, params, b)
 
-                todo[(forget, T)] = Unit(
-                    f"forget-{forget}-T{T}", f"forget bias {forget} T={T}", ablation
-                )
+                out[(forget, T)] = study.units(f"forget-{forget}-T{T}", ablation)
+                study.tick(f"forget bias {forget} T={T}")
             if cfg.forget_train:
 
                 def trained_forget(name=name, forget=forget):
@@ -235,18 +186,17 @@ def forget_bias(study: Study) -> dict:
                     )
                     return {"mse": trained["mse"], "wall_s": trained["wall_s"]}
 
-                todo[(forget, "train")] = Unit(
-                    f"forget-{forget}-train-T{t_long}",
-                    f"forget bias {forget}: train T={t_long}",
-                    trained_forget,
+                out[(forget, "train")] = study.units(
+                    f"forget-{forget}-train-T{t_long}", trained_forget
                 )
-    return study.measure(todo)
+                study.tick(f"forget bias {forget}: train T={t_long}")
+    return out
 
 
 def clipping(study: Study) -> dict:
     """5. Clipping on / off where gradients vanish (g < 1) and explode (g > 1), for the
     ungated cells with a recurrent scale: ``{(name, g, clipped): record}``."""
-    cfg, todo = study.cfg, {}
+    cfg, out = study.cfg, {}
     for name in clip_cells(cfg):
         for g in cfg.clip_scales:
             for clip in (cfg.clip_norm, None):
@@ -270,16 +220,17 @@ def clipping(study: Study) -> dict:
                     }
 
                 on = "on" if clip else "off"
-                todo[(name, g, clip is not None)] = Unit(
-                    f"clip-{name}-g{g}-{on}", f"clip {name} g={g} {on}", clipped_run
+                out[(name, g, clip is not None)] = study.units(
+                    f"clip-{name}-g{g}-{on}", clipped_run
                 )
-    return study.measure(todo)
+                study.tick(f"clip {name} g={g} {on}")
+    return out
 
 
 def training(study: Study) -> dict:
     """6. Training outcome by cell and length, and the gradient flow after training:
     ``{(name, T): record}``."""
-    cfg, todo = study.cfg, {}
+    cfg, out = study.cfg, {}
     for name in cfg.cells:
         for T in cfg.train_lengths:
 
@@ -300,15 +251,16 @@ def training(study: Study) -> dict:
                     ),
                 }
 
-            todo[(name, T)] = Unit(f"train-{name}-T{T}", f"train {name} T={T}", outcome)
-    return study.measure(todo)
+            out[(name, T)] = study.units(f"train-{name}-T{T}", outcome)
+            study.tick(f"train {name} T={T}")
+    return out
 
 
 def regularizers(study: Study) -> dict:
     """7. The regulariser ablation: each ``--reg_cells`` cell trained at the longest
     training length with each regulariser at ``--reg_rate`` (without one: the training
     section's run): ``{(name, kind): record}``."""
-    cfg, todo = study.cfg, {}
+    cfg, out = study.cfg, {}
     T = max(cfg.train_lengths)
     for name in reg_cells(cfg):
         for kind in REGULARIZERS:
@@ -333,10 +285,9 @@ def regularizers(study: Study) -> dict:
                     "status": trained["status"],
                 }
 
-            todo[(name, kind)] = Unit(
-                f"reg-{name}-{kind}-r{cfg.reg_rate}-T{T}", f"regularizer {name} {kind}", outcome
-            )
-    return study.measure(todo)
+            out[(name, kind)] = study.units(f"reg-{name}-{kind}-r{cfg.reg_rate}-T{T}", outcome)
+            study.tick(f"regularizer {name} {kind}")
+    return out
 
 
 def num_units(cfg: Config) -> int:
