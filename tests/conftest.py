@@ -29,7 +29,8 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 # between two programs by up to 4e-6 (six tests that hold a remat, checkify or fused
 # route to the plain one at 1e-6 failed), so it is not used; at -O1 every check passes
 # unchanged. The benchmarks and experiments keep the default. A level the caller set is
-# kept; scripts the tests start inherit it.
+# kept; scripts the tests start inherit it, except where a test sets their XLA_FLAGS
+# (tests/test_distributed.py's host-device counts: those run at the default level).
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (
         os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=1"
