@@ -25,8 +25,8 @@ hello: $(STAMP)
 	$(PY) experiments/hello.py
 
 # Two pytest workers (pytest-xdist): most tests wait on XLA's single-threaded
-# compiler, so two at once use both cores, and they share one compilation cache
-# (tests/conftest.py) (8.5 min here for 580 tests at 8327c16, 2026-11-26).
+# compiler, so two at once use both cores; each has its own persistent compilation
+# cache (tests/conftest.py says why). The README gives the suite's measured time.
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -n 2

@@ -309,6 +309,7 @@ RESUMABLE = frozenset(
     {
         "resume", "progress", "out", "name", "eval_every", "save_every", "keep",
         "devices", "parallel", "keep_freed_memory", "sample_chars", "tensorboard",
+        "workers",
     }
 )  # fmt: skip
 

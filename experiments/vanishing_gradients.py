@@ -1,6 +1,6 @@
 """The vanishing-gradient laboratory: how gradients flow back through time in each cell.
 
-    python experiments/vanishing_gradients.py            # ~2.5 min on a 2-core CPU
+    python experiments/vanishing_gradients.py            # under 8 min on a 2-core CPU (README)
     python experiments/vanishing_gradients.py --full     # paper-size, for an accelerator
     python experiments/vanishing_gradients.py --resume   # continue a stopped study
 

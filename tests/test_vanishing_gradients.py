@@ -40,6 +40,8 @@ TINY = [
     "--scales",
     "0.5,1.5",
     "--no-progress",
+    "--workers",  # one process: the worker processes have their own test
+    "1",
 ]
 
 
@@ -171,9 +173,11 @@ def test_full_preset_sets_paper_sizes_and_keeps_overrides(monkeypatch, tmp_path)
 
 
 def _without_timing(summary: dict) -> dict:
-    drop = ("wall_s", "environment", "timing", "units_resumed", "command")
+    drop = ("wall_s", "environment", "timing", "units_resumed", "command", "workers")
     out = {k: v for k, v in summary.items() if k not in drop}
-    out["config"] = {k: v for k, v in out["config"].items() if k not in ("out", "resume")}
+    out["config"] = {
+        k: v for k, v in out["config"].items() if k not in ("out", "resume", "workers")
+    }
     for section in out.values():  # per-measurement wall times
         if isinstance(section, dict):
             for entry in section.values():
@@ -205,17 +209,25 @@ def test_a_stopped_study_resumes_to_the_same_numbers(tmp_path, monkeypatch, caps
     monkeypatch.setattr(measure, "grad_flow", stop_at_the_fifth)
     assert module.main(argv + ["--out", str(out)]) == 130
     assert "with --resume continues" in capsys.readouterr().err
-    saved = len(list((out / "units").glob("*.pkl")))
+    before = {p.stem for p in (out / "units").glob("*.pkl")}
+    saved = len(before)
     assert saved >= 4 and not (out / "summary.json").exists()
     monkeypatch.setattr(measure, "grad_flow", grad_flow)
     with pytest.raises(SystemExit, match="unfinished study"):
         module.main(argv + ["--out", str(out)])
     with pytest.raises(SystemExit, match="changed config: --hidden_size 6 -> 7"):
         module.main(argv + ["--out", str(out), "--resume", "--hidden_size", "7"])
-    assert module.main(argv + ["--out", str(out), "--resume"]) == 0
+    # The rest on two worker processes (each claims units the other has not), then
+    # read back here: the numbers of the one process that ran straight through.
+    assert module.main(argv + ["--out", str(out), "--resume", "--workers", "2"]) == 0
     resumed = json.loads((out / "summary.json").read_text())
-    assert resumed["units_resumed"] == saved
+    assert resumed["units_resumed"] == saved and resumed["workers"] == 2
     assert _without_timing(resumed) == _without_timing(straight)
+    done = [json.loads(p.read_text())["units"] for p in (out / "logs").glob("worker-*.json")]
+    assert len(done) == 2 and all(done), done  # both workers computed some units
+    every = {p.stem for p in (out / "units").glob("*.pkl")}
+    assert len(every) == sections.num_units(config.Config(**resumed["config"]))
+    assert sorted(done[0] + done[1]) == sorted(every - before)  # each unit once
 
 
 # --------------------------------------------------- a cell registered by a test

@@ -13,7 +13,7 @@ import common
 
 import vanishing
 
-from . import plots, report, sections
+from . import parallel, plots, report, sections
 from .config import FULL, Config, command_line
 from .measure import jacobian_method
 
@@ -41,13 +41,26 @@ def main(argv=None) -> int:
     run_dir.write_json(
         "config.json", {"config": dataclasses.asdict(cfg), "command": command_line(cfg)}
     )
+    workers = cfg.workers or parallel.default_workers(env["backend"])
+    mine = parallel.outside_catalogue(cfg)
+    if workers > 1 and mine:
+        print(
+            f"--workers {workers}: {', '.join(mine)} is registered by this program, not by "
+            "rnnjax, so a worker process could not build it; the study runs in this process."
+        )
+        workers = 1
     print(
         f"Vanishing-gradient study: cells {', '.join(cfg.cells)}, H={cfg.hidden_size}, "
-        f"{cfg.seeds} seeds, on {env['backend']} ({env['device_kind']})"
+        f"{cfg.seeds} seeds, on {env['backend']} ({env['device_kind']}), "
+        + (f"{workers} worker processes" if workers > 1 else "one process")
     )
     t0 = time.perf_counter()
     try:
-        results = sections.run(cfg, units)
+        if workers > 1:
+            results, worker_s = parallel.run(cfg, units, workers)
+            results["timing"] = worker_s
+        else:
+            results = sections.run(cfg, units)
     except KeyboardInterrupt:
         print(
             f"\nInterrupted after {time.perf_counter() - t0:.0f} s, with {len(units.saved())} "
@@ -64,6 +77,7 @@ def main(argv=None) -> int:
         config=dataclasses.asdict(cfg),
         jacobian_method=jacobian_method(cfg),
         units_resumed=units.reused,  # read back from an earlier, stopped process
+        workers=workers,
         wall_s=wall,
         environment=env,
         command=command_line(cfg),
@@ -73,5 +87,6 @@ def main(argv=None) -> int:
     text = report.write_report(cfg, results, summary, out, wall, env)
     print(text.split("## What the numbers show")[1].strip())
     phases = ", ".join(f"{k} {v:.0f} s" for k, v in results["timing"].items())
-    print(f"\nWrote {out}/report.md, figures, summary.json ({wall / 60:.1f} min: {phases})")
+    per = f"{workers} workers' seconds" if workers > 1 else "seconds"
+    print(f"\nWrote {out}/report.md, figures, summary.json ({wall / 60:.1f} min; {per}: {phases})")
     return 0

@@ -24,7 +24,7 @@ class Config:
     # this file is imported)
     cells: tuple = dataclasses.field(default_factory=catalogue_cells)
     hidden_size: int = 64  # H of every cell
-    lengths: tuple = (50, 100, 200, 400)  # gradient flow at initialisation
+    lengths: tuple = (50, 100, 300, 1000)  # gradient flow at initialisation
     seeds: int = 3  # initialisations (and training seeds) per measurement
     batch_size: int = 32  # examples per gradient measurement
     scales: tuple = (0.5, 0.9, 1.0, 1.1, 1.5)  # W_h = g x orthogonal
@@ -32,7 +32,7 @@ class Config:
     forget_biases: tuple = FORGET_BIASES  # the LSTM's forget-bias variants (0, 1, chrono)
     train_lengths: tuple = (50, 100)  # T of the adding problem each cell is trained on
     train_steps: int = 800  # Adam updates per training run
-    train_batch: int = 32  # examples per training update
+    train_batch: int = 16  # examples per training update (32 until the study passed 8 min)
     learning_rate: float = 2e-3  # Adam's learning rate
     forget_train: bool = False  # also train each forget-bias variant (on in --full)
     clip_norm: float = 1.0  # the clipping study's gradient-norm threshold
@@ -53,6 +53,9 @@ class Config:
     # Continue a study that stopped: every measurement already in <out>/units is read
     # back instead of recomputed (each is a function of the config alone).
     resume: bool = False
+    # Processes the measurements run in: 0, one per CPU core on a CPU and one on an
+    # accelerator; 1, this process alone. Each measurement's value is the same either way.
+    workers: int = 0
 
     # --help lists these; a value outside them is a usage error before any work.
     CHOICES = {"cells": catalogue_cells, "forget_biases": FORGET_BIASES}
@@ -65,6 +68,8 @@ class Config:
         bad = [f for f in self.forget_biases if f not in FORGET_BIASES]
         if bad:
             raise ValueError(f"--forget_biases must be from 0, 1, chrono; got {bad}.")
+        if self.workers < 0:
+            raise ValueError(f"--workers must be >= 0 (0: one per CPU core); got {self.workers}.")
         for name in ("hidden_size", "seeds", "batch_size", "train_batch", "eval_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1; got {getattr(self, name)}.")
@@ -141,7 +146,7 @@ def command_line(cfg: Config) -> str:
     defaults = dataclasses.asdict(Config())
     parts = ["python experiments/vanishing_gradients.py"]
     for k, v in dataclasses.asdict(cfg).items():
-        if k in ("progress",) or defaults[k] == v:
+        if k in ("progress", "workers") or defaults[k] == v:
             continue
         if isinstance(v, bool):
             parts.append(f"--{k}" if v else f"--no-{k}")

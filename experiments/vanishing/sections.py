@@ -286,7 +286,7 @@ def regularizers(study: Study) -> dict:
                 }
 
             out[(name, kind)] = study.units(f"reg-{name}-{kind}-r{cfg.reg_rate}-T{T}", outcome)
-            study.tick(f"regularizer {name} {kind}")
+            study.tick(f"reg {name} {kind}")
     return out
 
 
