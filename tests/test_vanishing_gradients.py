@@ -59,7 +59,8 @@ def test_study_writes_report_figures_and_summary(tmp_path, capsys):
     default's (test_the_cell_list_is_the_catalogue_when_the_study_runs)."""
     out = tmp_path / "vg"
     cells = ["rnn_tanh", "lstm", "lru", "min_gru"]
-    argv = TINY + ["--cells", ",".join(cells), "--clip_all", "--out", str(out)]
+    argv = TINY + ["--cells", ",".join(cells), "--clip_all", "--reg_cells", "lstm"]
+    argv += ["--out", str(out)]
     assert load().main(argv) == 0
     for name in (
         "report.md",
@@ -192,7 +193,12 @@ def test_a_stopped_study_resumes_to_the_same_numbers(tmp_path, monkeypatch, caps
     computes the rest, and the summary equals an uninterrupted study's. Without
     --resume an unfinished study is not overwritten."""
     module = load()
-    argv = [a for a in TINY if a != "--forget_train"] + ["--cells", "rnn_tanh,lstm"]
+    argv = [a for a in TINY if a != "--forget_train"] + [
+        "--cells",
+        "rnn_tanh,lstm",
+        "--reg_cells",
+        "lstm",
+    ]
     assert module.main(argv + ["--out", str(tmp_path / "straight")]) == 0
     straight = json.loads((tmp_path / "straight" / "summary.json").read_text())
 

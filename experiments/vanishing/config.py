@@ -41,7 +41,10 @@ class Config:
     # The clipping study over every ungated cell with a recurrent scale (on in --full);
     # off: the classic family's only, to keep the default run short
     clip_all: bool = False
-    reg_cells: tuple = ("lstm",)  # the regulariser ablation's cells (trained at the longest T)
+    # The regulariser ablation's cells, trained at the longest T: the GRU, which solves
+    # T=100 in the default budget (the LSTM, ("lstm",) until 38b03c0, no longer does, and
+    # an ablation of a cell that learns nothing compares nothing)
+    reg_cells: tuple = ("gru",)
     reg_rate: float = 0.1  # the rate of each regulariser in the ablation
     # The memory horizon's rule: a cell solves the adding problem at T when its mean test
     # MSE over seeds is below this (6% of the 0.167 baseline of always predicting 1)

@@ -42,6 +42,7 @@ from rnnjax.cells.base import (
     compute_dtype,
     initialize,
     resolve_batch_shape,
+    scale_fields,
 )
 
 
@@ -182,9 +183,6 @@ def antisymmetric(
         h_new = (h.astype(dt) + eps * step).astype(h.dtype)
         return h_new, h_new
 
-    def scale(params: AntisymmetricParams, g) -> AntisymmetricParams:
-        return params._replace(w=jnp.asarray(g, params.w.dtype) * params.w)
-
     return Cell(
         name="antisymmetric_gated" if gated else "antisymmetric",
         hidden_size=H,
@@ -195,7 +193,7 @@ def antisymmetric(
         output=lambda h: h,
         gated=gated,
         gates=gates if gated else None,
-        recurrent_scale=scale,
+        recurrent_scale=scale_fields("w"),
     )
 
 

@@ -271,10 +271,20 @@ def additive_finish(params, xs: Array, d_z: Array, extra):
     return params._replace(w_x=d_w_x, w_h=jnp.zeros_like(params.w_h), b=d_b), d_xs
 
 
-def scale_w_h(params, g):
-    """``params`` with the recurrent weight ``w_h`` scaled by ``g``: the classic cells'
-    :attr:`Cell.recurrent_scale`."""
-    return params._replace(w_h=jnp.asarray(g, params.w_h.dtype) * params.w_h)
+def scale_fields(*names: str) -> Callable:
+    """A :attr:`Cell.recurrent_scale`: ``(params, g) -> params`` with each weight named
+    in ``names`` multiplied by ``g`` (in its own dtype), the other fields as they were."""
+
+    def scale(params, g):
+        return params._replace(
+            **{n: jnp.asarray(g, getattr(params, n).dtype) * getattr(params, n) for n in names}
+        )
+
+    return scale
+
+
+# The classic cells' recurrent scale: ``W_h -> g W_h``.
+scale_w_h = scale_fields("w_h")
 
 
 def dense_weight_grad(xs: Array, d_out: Array, dtype) -> Array:

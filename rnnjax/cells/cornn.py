@@ -55,6 +55,7 @@ from rnnjax.cells.base import (
     compute_dtype,
     initialize,
     resolve_batch_shape,
+    scale_fields,
 )
 
 # The authors' psMNIST script defaults (psMNIST/psMNIST_task.py).
@@ -201,12 +202,6 @@ def cornn(
         new = CoRNNCarry(y=y_new.astype(carry.y.dtype), z=z_new.astype(carry.z.dtype))
         return new, new.y
 
-    def scale(params: CoRNNParams, g) -> CoRNNParams:
-        return params._replace(
-            w_y=jnp.asarray(g, params.w_y.dtype) * params.w_y,
-            w_z=jnp.asarray(g, params.w_z.dtype) * params.w_z,
-        )
-
     return Cell(
         name="cornn",
         hidden_size=H,
@@ -215,7 +210,7 @@ def cornn(
         project=project,
         recur=recur,
         output=lambda carry: carry.y,
-        recurrent_scale=scale,
+        recurrent_scale=scale_fields("w_y", "w_z"),
     )
 
 

@@ -42,6 +42,7 @@ from rnnjax.cells.base import (
     compute_dtype,
     initialize,
     resolve_batch_shape,
+    scale_fields,
 )
 
 # The adding problem's input weights in the authors' code (``--in2hidW 0.001``).
@@ -200,9 +201,6 @@ def indrnn(
         h_new = jax.nn.relu(xp.astype(dt) + u * h.astype(dt)).astype(h.dtype)
         return h_new, h_new
 
-    def scale(params: IndRNNParams, g) -> IndRNNParams:
-        return params._replace(u=jnp.asarray(g, params.u.dtype) * params.u)
-
     return Cell(
         name="indrnn",
         hidden_size=H,
@@ -211,7 +209,7 @@ def indrnn(
         project=project,
         recur=recur,
         output=lambda h: h,
-        recurrent_scale=scale,
+        recurrent_scale=scale_fields("u"),
     )
 
 

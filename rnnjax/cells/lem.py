@@ -51,6 +51,7 @@ from rnnjax.cells.base import (
     compute_dtype,
     initialize,
     resolve_batch_shape,
+    scale_fields,
 )
 
 # The authors' adding-problem script default (src/adding/adding_task.py).
@@ -171,12 +172,6 @@ def lem(hidden_size: int, *, dt: float = DT, dtype=None, param_dtype=jnp.float32
         new = LEMCarry(y=y_new.astype(carry.y.dtype), z=z_new.astype(carry.z.dtype))
         return new, new.y
 
-    def scale(params: LEMParams, g) -> LEMParams:
-        return params._replace(
-            w_h=jnp.asarray(g, params.w_h.dtype) * params.w_h,
-            w_y=jnp.asarray(g, params.w_y.dtype) * params.w_y,
-        )
-
     return Cell(
         name="lem",
         hidden_size=H,
@@ -187,7 +182,7 @@ def lem(hidden_size: int, *, dt: float = DT, dtype=None, param_dtype=jnp.float32
         output=lambda carry: carry.y,
         gated=True,
         gates=gates,
-        recurrent_scale=scale,
+        recurrent_scale=scale_fields("w_h", "w_y"),
     )
 
 
