@@ -153,6 +153,8 @@ def test_gated_cells_alone_skip_the_clipping_figure(tmp_path, monkeypatch):
 
 
 def test_full_preset_sets_paper_sizes_and_keeps_overrides(monkeypatch, tmp_path):
+    """The config the study runs with. ``--workers 1``: the stub of ``sections.run``
+    lives in this process, and worker processes would run the paper-size study."""
     module = load()
     seen = {}
     monkeypatch.setattr(
@@ -161,14 +163,25 @@ def test_full_preset_sets_paper_sizes_and_keeps_overrides(monkeypatch, tmp_path)
         lambda cfg, *_: seen.setdefault("cfg", cfg) and (_ for _ in ()).throw(SystemExit(0)),
     )
     with pytest.raises(SystemExit):
-        module.main(["--full", "--seeds", "2", "--out", str(tmp_path)])
+        module.main(["--full", "--seeds", "2", "--workers", "1", "--out", str(tmp_path)])
     cfg = seen["cfg"]
     assert cfg.hidden_size == 128 and max(cfg.lengths) == 1000 and cfg.seeds == 2
     # A flag given with the default's value still beats the paper size (it was dropped,
     # as indistinguishable from an unset flag).
     seen.clear()
     with pytest.raises(SystemExit):
-        module.main(["--full", "--hidden_size", "64", "--no-forget_train", "--out", str(tmp_path)])
+        module.main(
+            [
+                "--full",
+                "--hidden_size",
+                "64",
+                "--no-forget_train",
+                "--workers",
+                "1",
+                "--out",
+                str(tmp_path),
+            ]
+        )
     cfg = seen["cfg"]
     assert cfg.hidden_size == 64 and cfg.forget_train is False and cfg.seeds == 5
 
