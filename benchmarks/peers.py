@@ -174,37 +174,44 @@ def _zero_carry(entry, hidden: int, batch: int, zeros):
     return jax.tree.map(lambda a: zeros(a.shape), entry.make(hidden).initial_carry((batch,)))
 
 
-def reference(cell: str, w: dict[str, np.ndarray], x: np.ndarray, hidden: int) -> np.ndarray:
-    """The outputs in float64 NumPy, one step at a time: the catalogue's reference
-    (``Entry.reference``, the cell's equations written apart from its JAX code)."""
+def reference(
+    cell: str, w: dict[str, np.ndarray], x: np.ndarray, hidden: int, dtype=np.float64
+) -> np.ndarray:
+    """The outputs in NumPy, one step at a time: the catalogue's reference
+    (``Entry.reference``, the cell's equations written apart from its JAX code), in
+    ``dtype`` (float64; float32 measures what float32 rounding alone does)."""
     entry = _entry(cell)
     lay = layout(cell, x.shape[-1], hidden)
-    params = lay.to_params({k: np.asarray(v, np.float64) for k, v in w.items()})
-    x = x.astype(np.float64)
+    params = lay.to_params({k: np.asarray(v, dtype) for k, v in w.items()})
+    x = x.astype(dtype)
     batch, steps, _ = x.shape
-    carry = _zero_carry(entry, hidden, batch, lambda s: np.zeros(s, np.float64))
-    ys = np.empty((batch, steps, hidden))
+    carry = _zero_carry(entry, hidden, batch, lambda s: np.zeros(s, dtype))
+    ys = np.empty((batch, steps, hidden), dtype)
     for t in range(steps):
         carry, ys[:, t] = entry.reference(np, params, carry, x[:, t])
     return ys
 
 
-def reference_grads(cell: str, w: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray):
-    """The loss's gradients in float64, in the weights' layout: JAX's autodiff of the
-    catalogue's reference step (``Entry.reference`` with ``jax.numpy``) under
-    ``lax.scan``, for a cell PyTorch does not have or a run without PyTorch (whose
-    float64 module is the usual source)."""
+def reference_grads(
+    cell: str, w: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, dtype=np.float64
+):
+    """The loss's gradients in the weights' layout: JAX's autodiff of the catalogue's
+    reference step (``Entry.reference`` with ``jax.numpy``) under ``lax.scan``, in
+    ``dtype`` (float64; float32 measures what float32 rounding alone does), for a
+    cell PyTorch does not have or a run without PyTorch (whose float64 module is the
+    usual source)."""
     import jax
     import jax.numpy as jnp
 
     entry = _entry(cell)
+    dt = jnp.dtype(dtype)
     hidden = y.shape[-1]
     lay = layout(cell, x.shape[-1], hidden)
     with jax.enable_x64(True):
-        w64 = {k: jnp.asarray(v, jnp.float64) for k, v in w.items()}
-        xs = jnp.asarray(x, jnp.float64).swapaxes(0, 1)
-        target = jnp.asarray(y, jnp.float64)
-        zeros = _zero_carry(entry, hidden, x.shape[0], lambda s: jnp.zeros(s, jnp.float64))
+        w_dt = {k: jnp.asarray(v, dt) for k, v in w.items()}
+        xs = jnp.asarray(x, dt).swapaxes(0, 1)
+        target = jnp.asarray(y, dt)
+        zeros = _zero_carry(entry, hidden, x.shape[0], lambda s: jnp.zeros(s, dt))
 
         def loss(w):
             params = lay.to_params(w)
@@ -215,7 +222,7 @@ def reference_grads(cell: str, w: dict[str, np.ndarray], x: np.ndarray, y: np.nd
             _, ys = jax.lax.scan(body, zeros, xs)
             return 0.5 * jnp.mean((ys.swapaxes(0, 1) - target) ** 2)
 
-        grads = jax.jit(jax.grad(loss))(w64)
+        grads = jax.jit(jax.grad(loss))(w_dt)
         return {k: np.asarray(grads[k]) for k in lay.names}
 
 

@@ -341,23 +341,43 @@ def sweep_table(record: dict) -> list[str]:
     return lines
 
 
+def _tolerances(r: dict) -> str:
+    """The gate's tolerances for one backend, saying where float32 rounding of the
+    reference itself set them (records before the rounding floor: blank)."""
+    if "output_tolerance" not in r:
+        return ""
+    text = f"{r['output_tolerance']:.1e}, {r['grad_tolerance']:.1e}"
+    if r.get("rounding_floor"):
+        text += (
+            f" ({r['rounding_margin']:g}x the float32 reference's "
+            f"{r['float32_reference_output_error']:.1e}, {r['float32_reference_grad_error']:.1e})"
+        )
+    short = r.get("short")
+    if short and "error" not in short:
+        text += (
+            f"; first {short['steps']} steps at the fixed tolerances: "
+            f"{short['max_abs_output_error']:.1e}, {short['max_rel_grad_error']:.1e}"
+        )
+    return text
+
+
 def gate_table(record: dict) -> list[str]:
     lines = [
         "## Correctness gate (run before any timing)",
         "",
         "| config | cell | backend | max abs output error | max rel gradient error "
-        "| gradient reference | passed |",
-        "|---|---|---|---|---|---|---|",
+        "| gradient reference | tolerances (output, gradient) | passed |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for g in record["gates"]:
         for name, r in g["backends"].items():
             if "error" in r:
-                lines.append(f"| {g['config']} | {g['cell']} | {name} | {r['error']} | | | no |")
+                lines.append(f"| {g['config']} | {g['cell']} | {name} | {r['error']} | | | | no |")
                 continue
             lines.append(
                 f"| {g['config']} | {g['cell']} | {name} | {r['max_abs_output_error']:.1e} | "
                 f"{r['max_rel_grad_error']:.1e} | {r.get('grad_reference', '')} | "
-                f"{'yes' if r['ok'] else 'NO'} |"
+                f"{_tolerances(r)} | {'yes' if r['ok'] else 'NO'} |"
             )
     lines.append("")
     return lines

@@ -137,13 +137,36 @@ def least_flops_per_call(cell: str, mode: str, batch: int, steps: int, inputs: i
 # ------------------------------------------------------------------------ the gate
 
 
+# A recurrence whose dynamics amplify a perturbation (the layer-normalised LSTM with the
+# gate's random gains, measured: float32 rounding of 3e-7 at t = 0 grows to 1.4e-2 by
+# t = 255 at B, T, I, H = 32, 256, 32, 128) or keep it (expRNN's orthogonal W_h: 9e-7
+# to 2.7e-3 of outputs up to 100) cannot meet a fixed float32 tolerance over a long
+# sequence in any float32 implementation: the reference's own equations in float32 miss
+# it too (3.0e-2 and 7.4e-2). So the gate also runs the reference in float32, and where
+# that misses the fixed tolerance a backend passes the long sequence within
+# ROUNDING_MARGIN times the reference's float32 error, and must also pass the fixed
+# tolerances, outputs and gradients, on the first SHORT_STEPS steps (gate_cell), where
+# rounding has not grown: a wrong equation fails there.
+ROUNDING_MARGIN = 10.0
+SHORT_STEPS = 8
+
+
 def gate(cell, impls, w, x, y, atol, grad_rtol) -> dict[str, dict]:
     """Check every backend against float64 outputs and gradients; returns a report per
     backend with ``ok`` and the largest deviations. The outputs are the catalogue's
     reference step in float64 NumPy; the gradients PyTorch's float64 module where the
     catalogue maps the cell to PyTorch and torch is installed, else float64 JAX
-    autodiff of the same reference; either way in the weights' layout."""
+    autodiff of the same reference; either way in the weights' layout.
+
+    Tolerances: outputs within ``atol`` (times the largest reference output beyond 1),
+    gradients and loss within ``grad_rtol`` of each tensor's largest entry, or, where
+    the reference's own float32 run is further off than that, within
+    :data:`ROUNDING_MARGIN` times its error (``rounding_floor`` in the report, which
+    records the tolerances used; :func:`gate_cell` then also gates the first
+    :data:`SHORT_STEPS` steps)."""
     ref_ys = peers.reference(cell, w, x, y.shape[-1])
+    ref32_ys = peers.reference(cell, w, x, y.shape[-1], dtype=np.float32)
+    ref32_grads = peers.reference_grads(cell, w, x, y, dtype=np.float32)
     ref_loss = 0.5 * float(np.mean((ref_ys - y.astype(np.float64)) ** 2))
     ref_grads, grad_source = _reference_grads(cell, w, x, y)
     report = {}
@@ -156,6 +179,10 @@ def gate(cell, impls, w, x, y, atol, grad_rtol) -> dict[str, dict]:
     if ref_grads is None:  # no PyTorch, or no such cell in it: float64 JAX autodiff
         ref_grads = peers.reference_grads(cell, w, x, y)
         grad_source = "float64 JAX autodiff of the catalogue's reference"
+    rounding = {
+        "output": _max_abs(ref32_ys - ref_ys),
+        "grads": _grad_error(ref32_grads, ref_grads),
+    }
     for name, (ys, loss, grads) in results.items():
         if set(grads) != set(ref_grads):
             report[name] = {
@@ -169,19 +196,32 @@ def gate(cell, impls, w, x, y, atol, grad_rtol) -> dict[str, dict]:
         # reach |y| ~ 16, where float32 rounding alone is ~1e-6 of it).
         out_scale = max(1.0, _max_abs(ref_ys))
         loss_err = _max_abs(loss - ref_loss) / max(abs(ref_loss), 1e-12)
-        grad_err = max(
-            _max_abs(grads[k] - ref_grads[k]) / max(_max_abs(ref_grads[k]), 1e-12)
-            for k in ref_grads
-        )
+        grad_err = _grad_error(grads, ref_grads)
+        out_tol = max(atol * out_scale, ROUNDING_MARGIN * rounding["output"])
+        grad_tol = max(grad_rtol, ROUNDING_MARGIN * rounding["grads"])
         report[name] = {
-            "ok": out_err <= atol * out_scale and grad_err <= grad_rtol and loss_err <= grad_rtol,
+            "ok": out_err <= out_tol and grad_err <= grad_tol and loss_err <= grad_tol,
             "max_abs_output_error": out_err,
             "output_scale": out_scale,
             "loss_rel_error": loss_err,
             "max_rel_grad_error": grad_err,
             "grad_reference": grad_source,
+            "output_tolerance": out_tol,
+            "grad_tolerance": grad_tol,
+            "float32_reference_output_error": rounding["output"],
+            "float32_reference_grad_error": rounding["grads"],
+            "rounding_floor": out_tol > atol * out_scale or grad_tol > grad_rtol,
+            "rounding_margin": ROUNDING_MARGIN,
         }
     return report
+
+
+def _grad_error(grads: dict, ref_grads: dict) -> float:
+    """The largest error of any gradient tensor relative to its largest entry."""
+    return max(
+        _max_abs(np.asarray(grads[k]) - ref_grads[k]) / max(_max_abs(ref_grads[k]), 1e-12)
+        for k in ref_grads
+    )
 
 
 def _max_abs(a) -> float:
@@ -267,8 +307,33 @@ def gate_cell(
             else:
                 impls[name] = impl
     report = gate(cell, impls, w, x, y, atol, grad_rtol) | broken
+    floored = {n for n, r in report.items() if r["ok"] and r.get("rounding_floor")}
+    if floored:
+        _gate_short(cell, backends, floored, report, w, x, y, atol, grad_rtol)
     passing = {n: i for n, i in impls.items() if report[n]["ok"]}
     return CellGate(cell, report, skipped, passing)
+
+
+def _gate_short(cell, backends, names, report, w, x, y, atol, grad_rtol) -> None:
+    """The backends ``names``, which passed the long sequence through the rounding floor,
+    gated again on its first :data:`SHORT_STEPS` steps at the fixed tolerances; the
+    result goes into ``report[name]["short"]`` and decides ``ok``."""
+    xs, ys = x[:, :SHORT_STEPS], y[:, :SHORT_STEPS]
+    impls = {}
+    for backend in backends:
+        for name, impl in peers.build(backend, cell, w, xs, ys).items():
+            if name in names:
+                impls[name] = impl
+    short = gate(cell, impls, w, xs, ys, atol, grad_rtol)
+    for name in names:
+        r = short.get(name, {"ok": False, "error": "not built on the short sequence"})
+        strict = "error" not in r and (
+            r["max_abs_output_error"] <= atol * r["output_scale"]
+            and r["max_rel_grad_error"] <= grad_rtol
+            and r["loss_rel_error"] <= grad_rtol
+        )
+        report[name]["short"] = {**r, "ok": strict, "steps": SHORT_STEPS}
+        report[name]["ok"] = report[name]["ok"] and strict
 
 
 # ------------------------------------------------------------------------ timing

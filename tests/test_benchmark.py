@@ -1033,3 +1033,69 @@ def test_summary_names_what_was_not_timed_and_met_agrees_with_the_number():
     record = {**record, "rows": [row], "gates": [], "environment": {"backend": "gpu"}}
     record["targets"].update(gpu_lstm_within_cudnn=1.2, gpu_lstm_speedup_over_flax=2.0)
     assert f"| small | infer | {CUDNN} | 0.83 | yes |" in "\n".join(report.targets(record))
+
+
+def _floored(peers, monkeypatch, rounding):
+    """``peers.reference`` whose float32 run is ``rounding`` off the float64 one at every
+    step, standing in for a recurrence that amplifies float32 rounding."""
+    exact = peers.reference
+
+    def reference(cell, w, x, hidden, dtype=np.float64):
+        ys = exact(cell, w, x, hidden, dtype)
+        return ys + rounding if dtype == np.float32 else ys
+
+    monkeypatch.setattr(peers, "reference", reference)
+
+
+def test_the_gate_floors_its_tolerance_at_the_float32_references_own_error(monkeypatch):
+    """Where the reference's own float32 run misses the fixed tolerance, a backend passes
+    within ROUNDING_MARGIN times that error and no further; where it does not, the fixed
+    tolerance stands."""
+    run = load("run")
+    peers = sys.modules["peers"]
+    with rnnjax.cells.registered(_tiny_entry()):
+        w, x, y = run.problem("tiny_elman", run.CONFIGS["tiny"])
+        ys = peers.reference("tiny_elman", w, x, y.shape[-1])
+        grads = peers.reference_grads("tiny_elman", w, x, y)
+
+        def backend(err):
+            out = ys + err
+            loss = 0.5 * float(np.mean((out - y.astype(np.float64)) ** 2))
+            return _Fixed(out, loss, grads)
+
+        fixed = {"near": backend(5e-4), "far": backend(5e-2)}
+        strict = run.gate("tiny_elman", fixed, w, x, y, 1e-5, 1.0)
+        _floored(peers, monkeypatch, 1e-3)
+        floored = run.gate("tiny_elman", fixed, w, x, y, 1e-5, 1.0)
+    assert not strict["near"]["ok"] and not strict["near"]["rounding_floor"]
+    assert floored["near"]["ok"] and floored["near"]["rounding_floor"]
+    assert floored["near"]["output_tolerance"] == pytest.approx(
+        run.ROUNDING_MARGIN * 1e-3, rel=1e-3
+    )
+    assert not floored["far"]["ok"]
+
+
+@pytest.mark.parametrize("wrong_from", [0, 8])
+def test_a_floored_backend_must_pass_the_short_sequence_at_the_fixed_tolerance(
+    wrong_from, monkeypatch
+):
+    """``gate_cell`` gates a backend that passed through the rounding floor again on the
+    first SHORT_STEPS steps at the fixed tolerances: an error there (a wrong equation
+    shows from the first step) fails it, one that only grows later does not."""
+    run = load("run")
+    peers = sys.modules["peers"]
+    assert run.SHORT_STEPS == 8
+
+    def build(backend, cell, w, x, y):
+        out = peers.reference(cell, w, x, y.shape[-1]).copy()
+        out[:, wrong_from:] += 5e-3
+        loss = 0.5 * float(np.mean((out - y.astype(np.float64)) ** 2))
+        return {"fake": _Fixed(out, loss, peers.reference_grads(cell, w, x, y))}
+
+    with rnnjax.cells.registered(_tiny_entry()):
+        _floored(peers, monkeypatch, 1e-3)
+        monkeypatch.setattr(peers, "build", build)
+        g = run.gate_cell("tiny_elman", (3, 20, 4, 5), backends=("fake",), grad_rtol=1.0)
+    r = g.backends["fake"]
+    assert r["rounding_floor"] and r["short"]["steps"] == 8
+    assert r["ok"] == (wrong_from == 8) == r["short"]["ok"]
