@@ -180,6 +180,8 @@ def reference(
     """The outputs in NumPy, one step at a time: the catalogue's reference
     (``Entry.reference``, the cell's equations written apart from its JAX code), in
     ``dtype`` (float64; float32 measures what float32 rounding alone does)."""
+    import jax
+
     entry = _entry(cell)
     lay = layout(cell, x.shape[-1], hidden)
     params = lay.to_params({k: np.asarray(v, dtype) for k, v in w.items()})
@@ -189,6 +191,9 @@ def reference(
     ys = np.empty((batch, steps, hidden), dtype)
     for t in range(steps):
         carry, ys[:, t] = entry.reference(np, params, carry, x[:, t])
+        # A reference's float64 constant (np.eye, a Python float in a NumPy op) would
+        # promote a float32 run: its carry stays in dtype.
+        carry = jax.tree.map(lambda a: np.asarray(a, dtype), carry)
     return ys
 
 
@@ -217,7 +222,8 @@ def reference_grads(
             params = lay.to_params(w)
 
             def body(carry, x_t):
-                return entry.reference(jnp, params, carry, x_t)
+                carry, y_t = entry.reference(jnp, params, carry, x_t)
+                return jax.tree.map(lambda a: a.astype(dt), carry), y_t.astype(dt)
 
             _, ys = jax.lax.scan(body, zeros, xs)
             return 0.5 * jnp.mean((ys.swapaxes(0, 1) - target) ** 2)
