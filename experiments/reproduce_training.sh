@@ -35,3 +35,12 @@ for cell in lru rg_lru min_gru min_lstm; do
 done
 "$PY" experiments/train_report.py "$LIN"/* > results/training_linear.md
 cat results/training_linear.md
+
+# Issue 20's nonlinear families (and the relu RNN) at the adding problem's T = 200, the
+# same steps, schedule and 3 seeds as the rows above, cheapest first.
+FAM=${FAM:-runs/families}
+for cell in indrnn antisymmetric antisymmetric_gated rnn_relu exprnn cornn mgu lem ln_gru ln_lstm; do
+  "$PY" experiments/train.py --out "$FAM" --no-progress --task adding --cell "$cell" --seq_len 200 --steps 2500 --schedule cosine
+done
+"$PY" experiments/train_report.py "$FAM"/* > results/training_families.md
+cat results/training_families.md
