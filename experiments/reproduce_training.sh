@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The training results of the README (issue 3), one command each, then the table.
-# About 80 + 35 minutes on a 2-core CPU; OUT=... (and LIN=...) to write elsewhere.
+# About 80 + 35 + 44 minutes on a 2-core CPU; OUT=... (and LIN=..., FAM=...) to write elsewhere.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
