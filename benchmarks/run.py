@@ -163,10 +163,9 @@ def gate(cell, impls, w, x, y, atol, grad_rtol) -> dict[str, dict]:
     the reference's own float32 run is further off than that, within
     :data:`ROUNDING_MARGIN` times its error (``rounding_floor`` in the report, which
     records the tolerances used; :func:`gate_cell` then also gates the first
-    :data:`SHORT_STEPS` steps)."""
+    :data:`SHORT_STEPS` steps). The float32 reference runs only when some backend
+    misses the fixed tolerances; otherwise its recorded errors are 0 (not run)."""
     ref_ys = peers.reference(cell, w, x, y.shape[-1])
-    ref32_ys = peers.reference(cell, w, x, y.shape[-1], dtype=np.float32)
-    ref32_grads = peers.reference_grads(cell, w, x, y, dtype=np.float32)
     ref_loss = 0.5 * float(np.mean((ref_ys - y.astype(np.float64)) ** 2))
     ref_grads, grad_source = _reference_grads(cell, w, x, y)
     report = {}
@@ -179,10 +178,26 @@ def gate(cell, impls, w, x, y, atol, grad_rtol) -> dict[str, dict]:
     if ref_grads is None:  # no PyTorch, or no such cell in it: float64 JAX autodiff
         ref_grads = peers.reference_grads(cell, w, x, y)
         grad_source = "float64 JAX autodiff of the catalogue's reference"
-    rounding = {
-        "output": _max_abs(ref32_ys - ref_ys),
-        "grads": _grad_error(ref32_grads, ref_grads),
-    }
+    rounding = {"output": 0.0, "grads": 0.0}  # the float32 reference's own error
+
+    def misses(ys, loss, grads):  # the fixed tolerances
+        out_scale = max(1.0, _max_abs(ref_ys))
+        loss_err = _max_abs(loss - ref_loss) / max(abs(ref_loss), 1e-12)
+        return (
+            _max_abs(np.asarray(ys) - ref_ys) > atol * out_scale
+            or loss_err > grad_rtol
+            or (set(grads) == set(ref_grads) and _grad_error(grads, ref_grads) > grad_rtol)
+        )
+
+    # Only a backend that misses the fixed tolerances needs the float32 reference (a
+    # second compile of the reference's gradient): most gates never run it.
+    if any(misses(*r) for r in results.values()):
+        ref32_ys = peers.reference(cell, w, x, y.shape[-1], dtype=np.float32)
+        ref32_grads = peers.reference_grads(cell, w, x, y, dtype=np.float32)
+        rounding = {
+            "output": _max_abs(ref32_ys - ref_ys),
+            "grads": _grad_error(ref32_grads, ref_grads),
+        }
     for name, (ys, loss, grads) in results.items():
         if set(grads) != set(ref_grads):
             report[name] = {
