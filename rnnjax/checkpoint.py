@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -40,22 +41,41 @@ RESERVED = ("step", "checksum", "leaves")
 def _signature(tree) -> list[list]:
     """``[path, dtype, shape]`` of every leaf, in tree order (JSON-friendly)."""
     leaves = jax.tree_util.tree_flatten_with_path(
-        jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+        jax.tree.map(_abstract, tree)
     )[0]
     return [
-        [jax.tree_util.keystr(path), str(np.dtype(leaf.dtype)), list(leaf.shape)]
+        [jax.tree_util.keystr(path), _dtype_name(leaf.dtype), list(leaf.shape)]
         for path, leaf in leaves
     ]
+
+
+def _abstract(leaf):
+    # The leaf's own shape and dtype: orbax's to_shape_dtype_struct describes a concrete
+    # typed key by its key data (uint32[2]) and an abstract one as key<fry>[].
+    if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype)
+    return ocp.utils.to_shape_dtype_struct(leaf)
+
+
+def _dtype_name(dtype) -> str:
+    # A typed PRNG key's dtype (``key<fry>``) is no NumPy dtype; its name is its own.
+    return str(dtype) if jnp.issubdtype(dtype, jax.dtypes.prng_key) else str(np.dtype(dtype))
 
 
 def state_checksum(tree) -> str:
     """SHA-256 over the dtype, shape and bytes of every leaf, in tree order.
 
-    Leaves spread over several processes are gathered first (every process computes
-    the same checksum; see :func:`rnnjax.distributed.to_host`).
+    Typed PRNG keys count by their key data and implementation. Leaves spread over
+    several processes are gathered first (every process computes the same checksum;
+    see :func:`rnnjax.distributed.to_host`).
     """
     digest = hashlib.sha256()
     for leaf in jax.tree.leaves(tree):
+        if jnp.issubdtype(jnp.result_type(leaf), jax.dtypes.prng_key):
+            # A typed key (an NNX model's rng streams): its key data, with the
+            # implementation's name so that two kinds of key never collide.
+            digest.update(str(jax.random.key_impl(leaf)).encode())
+            leaf = jax.random.key_data(leaf)
         arr = to_host(leaf)
         digest.update(f"{arr.dtype}{arr.shape}".encode())
         digest.update(np.ascontiguousarray(arr).tobytes())

@@ -23,11 +23,11 @@ from rnnjax.readout import readout, readout_init
 from rnnjax.seq2seq import (
     Decoder,
     Memory,
-    bridge_apply,
     bridge_init,
     bridge_mode,
     check_token_ids,
     decoder,
+    start,
 )
 from rnnjax.tasks.vocab import BOS, EOS, PAD
 
@@ -227,18 +227,10 @@ class Seq2Seq(nn.Module):
                 f"got {jnp.shape(src_lengths)}."
             )
         carry, ys = self.enc(src, src_lengths, deterministic=deterministic)
-        mask = (
-            jnp.ones((B, S), bool)
-            if src_lengths is None
-            else jnp.arange(S)[None, :] < jnp.asarray(src_lengths)[:, None]
+        bridge = (self.bridge_kind, self.bridge_params)
+        return start(
+            self._decoder(), self.decoder_params, bridge, self.encoder, carry, ys, src_lengths
         )
-        context = final_hidden(carry, self.encoder)
-        dec = self._decoder()
-        memory = dec.memory(self.decoder_params, ys, mask, context)
-        start = bridge_apply(
-            self.bridge_kind, self.bridge_params, carry, context, dec.initial_carry((B,))
-        )
-        return memory, dec.initial_state(start)
 
     def step(self, memory: Memory, state, tokens):
         _check_tokens("tokens", tokens, rank=1)

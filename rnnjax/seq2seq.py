@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from rnnjax import attention as attn
 from rnnjax.cells.base import Array, Cell, PyTree, check_positive_int
 from rnnjax.checks import check_in_range
+from rnnjax.layers import Layer, final_hidden
 from rnnjax.readout import ReadoutParams, readout, readout_init
 from rnnjax.scan import scan
 
@@ -278,6 +279,34 @@ def bridge_apply(mode: str, params, encoder_carry, context: Array, decoder_carry
         return jax.tree.map(jnp.zeros_like, decoder_carry)
     leaves, treedef = jax.tree.flatten(decoder_carry)
     return treedef.unflatten([jnp.tanh(readout(p, context)) for p, _ in zip(params, leaves)])
+
+
+def start(
+    dec: Decoder,
+    decoder_params: DecoderParams,
+    bridge: tuple[str, tuple | None],
+    encoder: Layer,
+    encoder_carry: PyTree,
+    encoder_ys: Array,
+    src_lengths: Array | None,
+) -> tuple[Memory, DecoderState]:
+    """``(Memory, DecoderState)`` from an encoder's run: the outputs ``encoder_ys [B, S,
+    C]`` for attention (masked past ``src_lengths``), and the decoder's first state from
+    the encoder's final carry through ``bridge = (mode, params)`` (:func:`bridge_apply`).
+
+    ``encoder`` is the encoder layer (for its final hidden state, the context). The
+    linen and NNX Seq2Seq modules both start decoding here."""
+    B, S = jnp.shape(encoder_ys)[:2]
+    mask = (
+        jnp.ones((B, S), bool)
+        if src_lengths is None
+        else jnp.arange(S)[None, :] < jnp.asarray(src_lengths)[:, None]
+    )
+    context = final_hidden(encoder_carry, encoder)
+    memory = dec.memory(decoder_params, encoder_ys, mask, context)
+    mode, params = bridge
+    first = bridge_apply(mode, params, encoder_carry, context, dec.initial_carry((B,)))
+    return memory, dec.initial_state(first)
 
 
 def check_token_ids(name: str, tokens, vocab_size: int) -> None:
