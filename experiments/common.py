@@ -532,8 +532,9 @@ def on_devices(step, cfg):
 
 @dataclasses.dataclass
 class Outcome:
-    """How :func:`train_loop` ended: ``status`` is ``"done"``, ``"nonfinite"`` or
-    ``"interrupted"``; ``exit_code`` 0, 1 or 130; ``steps`` the updates applied."""
+    """How :func:`train_loop` ended: ``status`` is ``"done"``, ``"nonfinite"``,
+    ``"diverged"`` (the gradient norm passed ``--max_grad_norm``) or ``"interrupted"``;
+    ``exit_code`` 0, 1 (non-finite or diverged) or 130; ``steps`` the updates applied."""
 
     state: Any
     status: str
@@ -579,7 +580,7 @@ def train_loop(
     update (``metric_keys`` per seed, learning rate, steps/s), ``log_eval(step, state)``
     every ``cfg.eval_every`` updates but the last, and a non-finite loss or a signal
     turned into an :class:`Outcome` instead of an exception. Reads ``cfg.steps``,
-    ``save_every``, ``eval_every``, ``progress`` and ``run_name``. Closes
+    ``save_every``, ``eval_every``, ``progress``, ``run_name`` and ``max_grad_norm``. Closes
     ``checkpointer``."""
     num_steps, eval_every = cfg.steps, cfg.eval_every
     from rnnjax import train as tr
@@ -612,7 +613,10 @@ def train_loop(
             on_step=on_step,
             progress=cfg.progress and run.primary,
             desc=cfg.run_name,
+            max_grad_norm=cfg.max_grad_norm or None,
         )
+    except tr.GradientCeilingError as err:
+        status, message, exit_code, done = "diverged", str(err), 1, err.step
     except tr.NonFiniteError as err:
         status, message, exit_code, done = "nonfinite", str(err), 1, err.step
     except tr.TrainingInterrupted as err:

@@ -13,12 +13,14 @@ and greedy exact match), ``summary.json`` (final held-out exact match with greed
 beam decoding, mean and spread over seeds, sample decodes, wall time, environment),
 ``curves.png``, ``attention.png`` (attention models) and ``checkpoints/``.
 The held-out set never overlaps the training split (see ``rnnjax.tasks.translation``).
-Exit status: 0 done, 1 non-finite loss, 130 interrupted (checkpoint written).
+Exit status: 0 done, 1 non-finite loss or a gradient norm past --max_grad_norm (diverged),
+130 interrupted (checkpoint written).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import time
 from pathlib import Path
@@ -66,6 +68,7 @@ class Config:
     schedule: str = "cosine"  # the learning-rate schedule over --steps
     warmup_steps: int = 0  # linear warm-up steps (with --schedule warmup_cosine)
     clip_norm: float = 1.0  # clip the global gradient norm to this; <= 0: no clipping
+    max_grad_norm: float = 0.0  # stop a diverging run when the gradient norm passes this; 0: never
     batch_size: int = 128  # examples per update, per seed
     steps: int = 3000  # updates in the whole run (a resumed run continues to this)
     seeds: int = 1  # independent seeds trained at once (vmap)
@@ -105,6 +108,11 @@ class Config:
     def validate(self) -> None:
         if self.tensorboard:
             common.tensorboard_available()
+        if not (self.max_grad_norm >= 0 and math.isfinite(self.max_grad_norm)):
+            raise ValueError(
+                f"--max_grad_norm must be a finite number >= 0 (0: no ceiling); got "
+                f"{self.max_grad_norm}."
+            )
         if self.task not in TASKS:
             raise ValueError(f"--task must be one of {TASKS}; got {self.task!r}.")
         for cell in (self.cell, self.decoder_cell or self.cell):

@@ -8,12 +8,14 @@ Writes ``<out>/<name>/``: ``config.json`` (resolved), ``metrics.jsonl`` (per upd
 loss, grad norm before clipping, clipped, learning rate, steps/s; one value per seed),
 ``eval.jsonl`` (held-out metrics), ``summary.json`` (final metrics with mean and spread
 over seeds, wall time, versions, device), PNG plots and ``checkpoints/``.
-Exit status: 0 done, 1 non-finite loss, 130 interrupted (checkpoint written).
+Exit status: 0 done, 1 non-finite loss or a gradient norm past --max_grad_norm (diverged),
+130 interrupted (checkpoint written).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from pathlib import Path
 
@@ -58,6 +60,7 @@ class Config:
     schedule: str = "constant"  # the learning-rate schedule over --steps
     warmup_steps: int = 0  # linear warm-up steps (with --schedule warmup_cosine)
     clip_norm: float = 1.0  # clip the global gradient norm to this; <= 0: no clipping
+    max_grad_norm: float = 0.0  # stop a diverging run when the gradient norm passes this; 0: never
     batch_size: int = 64  # examples per update, per seed
     steps: int = 2000  # updates in the whole run (a resumed run continues to this)
     seeds: int = 3  # independent seeds trained at once (vmap)
@@ -96,6 +99,11 @@ class Config:
     def validate(self) -> None:
         if self.tensorboard:
             common.tensorboard_available()
+        if not (self.max_grad_norm >= 0 and math.isfinite(self.max_grad_norm)):
+            raise ValueError(
+                f"--max_grad_norm must be a finite number >= 0 (0: no ceiling); got "
+                f"{self.max_grad_norm}."
+            )
         for field in ("hidden_size", "num_layers", "batch_size", "seeds", "eval_size", "keep"):
             value = getattr(self, field)
             if value < 1:

@@ -515,25 +515,22 @@ class Seq2Seq(fnnx.Module):
     as an NNX module, over the same pure decoder (:func:`rnnjax.seq2seq.decoder`) and
     decoding (:mod:`rnnjax.decode`).
 
+    The configuration (``src_vocab``, ``tgt_vocab``, ``encoder``, ``decoder_cells``,
+    ``embed_dim``, ``attention``, ``attention_size``, ``bridge``, ``pad``, ``bos``,
+    ``eos``) is linen's ``Seq2Seq``'s.
+
     Args:
-      src_vocab, tgt_vocab, encoder, decoder_cells, embed_dim, attention,
-        attention_size, bridge, pad, bos, eos: as linen's ``Seq2Seq``.
       rngs: initialises the params; the encoder keeps a fork of ``"dropout"`` (for a
         stack with dropout), the model one of ``"sampling"`` (scheduled sampling).
       params: instead of a random init: the linen module's ``variables["params"]``
         (``{"enc": ..., "decoder": DecoderParams, "bridge": ...}``).
       deterministic: no dropout in the encoder.
 
-    Methods:
-      ``__call__(src, src_lengths, tgt_in, *, sampling_rate=0.0, deterministic=None,
-      rngs=None) -> (logits [B, L, V], attention weights [B, L, S] or None)``: teacher
-      forcing; ``rngs`` at the call (an ``nnx.Rngs``) replaces the ``"dropout"`` and
-      ``"sampling"`` streams.
-      ``encode(src, src_lengths) -> (Memory, DecoderState)``;
-      ``step(memory, state, tokens [B]) -> (state, logits [B, V], weights)``;
-      ``greedy(src, src_lengths, *, max_len) -> Decoded``;
-      ``beam(src, src_lengths, *, beam_width, max_len, alpha=0.0) -> (Decoded, Beams)``;
-      decoding is deterministic (no dropout).
+    The call, ``model(src, src_lengths, tgt_in, *, sampling_rate=0.0,
+    deterministic=None, rngs=None)``, teacher-forces: ``(logits [B, L, V], attention
+    weights [B, L, S] or None)``; ``rngs`` at the call (an ``nnx.Rngs``) replaces the
+    ``"dropout"`` and ``"sampling"`` streams. ``encode``, ``step``, ``greedy`` and
+    ``beam`` are linen's; decoding is deterministic (no dropout).
 
     Attributes: ``enc`` (:class:`Encoder`), ``decoder_params``
     (:class:`~rnnjax.seq2seq.DecoderParams` of ``nnx.Param``\\ s), ``bridge_params``

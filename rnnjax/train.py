@@ -55,6 +55,11 @@ class NonFiniteError(FloatingPointError):
         self.step = step
 
 
+class GradientCeilingError(NonFiniteError):
+    """The gradient norm of an update passed ``fit``'s ``max_grad_norm``: a run
+    diverging, stopped before its numbers overflow. ``step``: the last good step."""
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """SIGINT or SIGTERM arrived; the state at ``step`` was checkpointed first.
 
@@ -255,6 +260,7 @@ def fit(
     progress: bool = True,
     desc: str = "train",
     handle_signals: bool = True,
+    max_grad_norm: float | None = None,
 ) -> TrainState:
     """Train from ``state.step`` up to ``num_steps`` updates.
 
@@ -270,14 +276,28 @@ def fit(
       progress: show a tqdm bar with loss and speed.
       handle_signals: on SIGINT/SIGTERM, finish the update in flight, checkpoint it and
         raise :class:`TrainingInterrupted`.
+      max_grad_norm: a ceiling on ``metrics["grad_norm"]`` (the norm before clipping):
+        an update whose norm passes it (any seed's, in a vmapped run) stops the run as a
+        non-finite one does. None: no ceiling.
 
     Raises:
       NonFiniteError: the loss or gradient norm of an update was NaN or inf; that update
         is discarded and nothing is saved, so the last good checkpoint stays the latest.
+      GradientCeilingError: (a ``NonFiniteError``) the gradient norm passed
+        ``max_grad_norm``; the same: the update is discarded, nothing saved.
     """
     if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral) or num_steps < 0:
         raise ValueError(f"num_steps must be an int >= 0; got {num_steps!r}.")
     num_steps = int(num_steps)
+    if max_grad_norm is not None and (
+        isinstance(max_grad_norm, bool)
+        or not isinstance(max_grad_norm, numbers.Real)
+        or not math.isfinite(max_grad_norm)
+        or max_grad_norm <= 0
+    ):
+        raise ValueError(
+            f"max_grad_norm must be a finite number > 0 or None; got {max_grad_norm!r}."
+        )
     start = current_step(state)
     if start > num_steps:
         raise ValueError(
@@ -306,6 +326,16 @@ def fit(
                     "seed of a vmapped run); the last checkpoint is untouched.",
                     step,
                 ) from None
+            if max_grad_norm is not None:
+                over = np.asarray(metrics["grad_norm"]) > max_grad_norm
+                if np.any(over):
+                    raise GradientCeilingError(
+                        f"gradient norm {metrics['grad_norm']} passed max_grad_norm="
+                        f"{max_grad_norm} at update {step + 1} (from state at step {step})"
+                        f"{_which_seeds(metrics, over)}: the run is diverging. The update was "
+                        "discarded; the last checkpoint is untouched.",
+                        step,
+                    )
             state = new_state
             done = step + 1
             if on_step is not None:
@@ -337,11 +367,13 @@ def fit(
     return state
 
 
-def _which_seeds(metrics: dict) -> str:
-    """`` in seeds [i, ...] (of n)`` where the loss is one per seed (vmap_seeds)."""
-    bad = ~(
-        np.isfinite(np.asarray(metrics["loss"])) & np.isfinite(np.asarray(metrics["grad_norm"]))
-    )
+def _which_seeds(metrics: dict, bad=None) -> str:
+    """`` in seeds [i, ...] (of n)`` where the loss is one per seed (vmap_seeds): the
+    seeds ``bad`` marks, by default those with a non-finite loss or gradient norm."""
+    if bad is None:
+        bad = ~(
+            np.isfinite(np.asarray(metrics["loss"])) & np.isfinite(np.asarray(metrics["grad_norm"]))
+        )
     if bad.ndim != 1:
         return ""
     return f" in seeds {np.flatnonzero(bad).tolist()} (of {bad.size}, counted from 0)"

@@ -156,6 +156,8 @@ def test_remat_trains_the_same_model(tmp_path, monkeypatch):
             "--recurrent_dropout and --weight_drop act on .* the cornn cell does not declare",
         ),
         (["--seeds", "0"], "--seeds must be >= 1; got 0"),
+        (["--max_grad_norm", "-1"], r"--max_grad_norm must be a finite number >= 0 \(0: no"),
+        (["--max_grad_norm", "inf"], "--max_grad_norm must be a finite number >= 0"),
         (["--remat", "-2"], r"--remat must be -1 \(sqrt\(T\)\), 0 \(off\) or a chunk length"),
     ],
 )
@@ -187,6 +189,17 @@ def test_options_the_run_would_ignore_are_errors(tmp_path, argv, match, capsys):
         load().main(argv + ["--out", str(tmp_path / "runs")])
     assert info.value.code == 2 and match in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_max_grad_norm_stops_a_diverging_run(tmp_path, capsys):
+    """A ceiling below the first update's gradient norm: the run stops at update 1 with
+    exit status 1, the summary says diverged and names the update, no update landed."""
+    argv = ["--task", "adding", "--seq_len", "8", "--steps", "6", "--max_grad_norm", "1e-9"]
+    argv += TINY + ["--out", str(tmp_path), "--name", "r"]
+    assert load().main(argv) == 1
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["steps"] == 0
+    assert "passed max_grad_norm=1e-09 at update 1 (from state at step 0)" in summary["message"]
 
 
 def _rows(run: Path, name: str) -> list[int]:

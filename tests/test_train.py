@@ -349,6 +349,37 @@ def test_fit_checks_num_steps_and_names_the_seed_that_diverged(tmp_path):
         tr.fit(state, step, batch_fn, num_steps=3, progress=False)
 
 
+def test_max_grad_norm_stops_a_diverging_run_naming_update_and_seed(tmp_path):
+    """A growing gradient norm (seed 2's passes the ceiling at update 4) stops the run
+    before that update lands, and nothing is saved past the last good checkpoint."""
+    seeds = 3
+    state = tr.TrainState(jnp.zeros((seeds,), jnp.int32), {"w": jnp.zeros(seeds)}, (), None)
+    growth = jnp.array([1.0, 1.5, 3.0])  # norms 1, 1.5**t, 3**t: 3**4 = 81 > 50
+
+    def step(state, batch):
+        t = state.step[0] + 1
+        metrics = {"loss": jnp.ones(seeds), "grad_norm": growth**t}
+        return state._replace(step=state.step + 1, params={"w": state.params["w"] + 1}), metrics
+
+    with Checkpointer(tmp_path, max_to_keep=5) as ckpt:
+        with pytest.raises(
+            tr.GradientCeilingError,
+            match=r"passed max_grad_norm=50.0 at update 4 \(from state at step 3\) in seeds \[2\]",
+        ) as err:
+            tr.fit(
+                state, step, lambda s: None, num_steps=10, checkpointer=ckpt, save_every=2,
+                progress=False, max_grad_norm=50.0,
+            )  # fmt: skip
+        assert err.value.step == 3 and isinstance(err.value, tr.NonFiniteError)
+        assert ckpt.steps() == [2]
+    # Below the ceiling all the way: the run finishes.
+    done = tr.fit(state, step, lambda s: None, num_steps=3, progress=False, max_grad_norm=50.0)
+    assert tr.current_step(done) == 3
+    for bad in (0.0, -1.0, float("inf"), True, "5"):
+        with pytest.raises(ValueError, match="max_grad_norm must be a finite number > 0 or None"):
+            tr.fit(state, step, lambda s: None, num_steps=3, progress=False, max_grad_norm=bad)
+
+
 def test_a_signal_during_the_final_save_still_saves_and_stops_cleanly(tmp_path):
     """The final checkpoint ran outside the signal handling: a Ctrl-C during it escaped
     as a bare KeyboardInterrupt and the last step was lost."""
