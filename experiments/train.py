@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import rnnjax
-from rnnjax import distributed
+from rnnjax import diagnostics, distributed
 from rnnjax import train as tr
 from rnnjax.checkpoint import Checkpointer
 from rnnjax.modules import SequenceModel, count_params
@@ -172,6 +172,27 @@ class Config:
 
 
 # Full-size configurations from the literature (REFERENCE.md), for accelerators.
+# Held-out examples behind each evaluation's grad_decay (one backward pass per seed).
+GRAD_DECAY_EXAMPLES = 64
+
+
+def input_grad_decay(model, task, params, batch):
+    """The per-step factor of ``||dL/dx_t||`` against the distance ``T - t``
+    (:func:`rnnjax.diagnostics.decay_rate`), ``x_t`` the recurrent layer's input at step
+    ``t``, read through the model's zero perturbation of it (``nn.Module.perturb``):
+    gradient flow through the trained recurrence, measured at every evaluation and
+    logged as ``grad_decay`` (and to TensorBoard)."""
+    inputs, lengths = batch.inputs, batch.lengths
+    _, zeros = model.apply({"params": params}, inputs, lengths, mutable="perturbations")
+
+    def loss(perturbations):
+        return task.loss(model.apply({"params": params, **perturbations}, inputs, lengths), batch)
+
+    grads = jax.grad(loss)(zeros)["perturbations"]["rnn_inputs"]  # [B, T, I]
+    norms = jnp.linalg.norm(grads, axis=-1)
+    return diagnostics.decay_rate(jnp.moveaxis(norms, -1, 0))[1]
+
+
 PRESETS = {
     # Bai et al. 2018 (TCN), adding T=600 with about 70K parameters: LSTM H=130.
     "adding_full": dict(
@@ -316,7 +337,19 @@ def main(argv=None) -> int:
                 model.apply({"params": p}, eval_batch.inputs, eval_batch.lengths), eval_batch
             )
 
-        return jax.vmap(one)(params)
+        metrics = jax.vmap(one)(params)
+        if grad_decay_applies:
+            metrics["grad_decay"] = jax.vmap(
+                lambda p: input_grad_decay(model, task, p, decay_batch)
+            )(params)
+        return metrics
+
+    decay_batch = jax.tree.map(lambda a: a[:GRAD_DECAY_EXAMPLES], eval_batch)
+    # A loss on the last state, every sequence full length (padding would bend the fit).
+    full = eval_batch.lengths is None or bool(
+        np.all(np.asarray(eval_batch.lengths) == np.shape(eval_batch.inputs)[1])
+    )
+    grad_decay_applies = task.head == "last" and full
 
     ckpt = Checkpointer(run.path / "checkpoints", max_to_keep=cfg.keep)
     state = common.start_or_resume(run, ckpt, place(state), cfg)

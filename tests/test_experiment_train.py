@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import chex
+import jax
 import numpy as np
 import pytest
 from helpers import keep_freed_memory_calls
@@ -88,6 +89,9 @@ def test_each_task_writes_every_file(tmp_path, task, extra):
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and len(rows[0]["loss"]) == 2
     assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.isdigit()) == ["2", "4"]
+    # The gradient's per-step decay at every evaluation, where the loss reads the last state.
+    evals = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
+    assert all(("grad_decay" in r) == (task in ("adding", "digits")) for r in evals)
     if task == "charlm":
         assert len(summary["sample"]) == len("The ") + 20
 
@@ -189,6 +193,31 @@ def test_options_the_run_would_ignore_are_errors(tmp_path, argv, match, capsys):
         load().main(argv + ["--out", str(tmp_path / "runs")])
     assert info.value.code == 2 and match in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_grad_decay_is_the_decay_of_the_gradient_by_the_inputs():
+    """Two routes to the logged grad_decay: the model's zero perturbation of the
+    recurrent layer's input (the script's), and the gradient with respect to the float
+    inputs themselves (the adding task has no embedding), fitted in float64 NumPy."""
+    import rnnjax
+    from rnnjax.modules import SequenceModel
+    from rnnjax.tasks import make_task
+
+    task = make_task("adding", seq_len=12)
+    batch = task.sample(jax.random.key(1), 16)
+    model = SequenceModel(rnnjax.make_layer("gru", 8), 1, head="last")
+    params = model.init(jax.random.key(0), batch.inputs, batch.lengths)["params"]
+    got = float(load().input_grad_decay(model, task, params, batch))
+
+    def loss(inputs):
+        return task.loss(model.apply({"params": params}, inputs, batch.lengths), batch)
+
+    grads = np.asarray(jax.grad(loss)(batch.inputs), np.float64)  # [B, T, I]
+    logs = np.log(np.linalg.norm(grads, axis=-1)).mean(axis=0)  # [T]
+    distance = np.arange(len(logs))[::-1]
+    want = np.exp(np.polyfit(distance, logs, 1)[0])
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+    assert 0.0 < got < 1.0  # a GRU at initialisation: the gradient fades with distance
 
 
 def test_max_grad_norm_stops_a_diverging_run(tmp_path, capsys):
