@@ -53,6 +53,7 @@ class Config:
     full: bool = False  # the paper-size study (for an accelerator); flags given still apply
     out: str = "runs/vanishing_gradients"  # the study's folder
     progress: bool = True  # a progress bar
+    tensorboard: bool = False  # log each training run and its dL/dh_t decay to <out>/tensorboard
     # Continue a study that stopped: every measurement already in <out>/units is read
     # back instead of recomputed (each is a function of the config alone).
     resume: bool = False
@@ -64,6 +65,10 @@ class Config:
     CHOICES = {"cells": catalogue_cells, "forget_biases": FORGET_BIASES}
 
     def validate(self) -> None:
+        if self.tensorboard:
+            from common import tensorboard_available
+
+            tensorboard_available()
         known = catalogue_cells()
         unknown = set(self.cells) - set(known)
         if unknown or not self.cells:
@@ -149,7 +154,7 @@ def command_line(cfg: Config) -> str:
     defaults = dataclasses.asdict(Config())
     parts = ["python experiments/vanishing_gradients.py"]
     for k, v in dataclasses.asdict(cfg).items():
-        if k in ("progress", "workers") or defaults[k] == v:
+        if k in ("progress", "workers", "tensorboard") or defaults[k] == v:
             continue
         if isinstance(v, bool):
             parts.append(f"--{k}" if v else f"--no-{k}")

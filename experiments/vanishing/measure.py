@@ -212,6 +212,19 @@ def trainer(
     return model, task, step, init_state, batch_fn, evaluate
 
 
+TB_EVALS = 10  # gradient-flow measurements per training run logged to TensorBoard
+
+
+def _board(cfg: Config, log_name: str | None, seeds):
+    if not (cfg.tensorboard and log_name):
+        return None
+    from pathlib import Path
+
+    from common import TensorBoard
+
+    return TensorBoard(Path(cfg.out) / "tensorboard" / log_name, seeds, 0)
+
+
 def train_cell(
     name,
     T,
@@ -223,10 +236,17 @@ def train_cell(
     scale: float | None = None,
     forget: str = "1",
     regularizer=None,
+    log_name: str | None = None,
 ):
     """Train the catalogue cell ``name`` (a variant of its initial params) on the adding
     problem of length ``T``, every seed at once; a non-finite loss ends the run with
-    its status, not an error."""
+    its status, not an error.
+
+    With ``cfg.tensorboard``, the run is logged under ``<cfg.out>/tensorboard/<log_name>``
+    (one folder per seed): loss, gradient norm and clipped at every update, and the
+    per-step decay factor of ``||dL/dh_t||`` (:func:`grad_flow` on a fixed batch) at
+    :data:`TB_EVALS` evaluations spread over the run. Logging reads the state and
+    changes no number."""
     cell = get_cell(name, cfg.hidden_size)
     model, task, step, init_state, batch_fn, evaluate = trainer(
         cell, T, clip, cfg.learning_rate, cfg.train_batch, cfg.eval_size, regularizer
@@ -238,10 +258,21 @@ def train_cell(
     )
     state = init_state(params, train_keys)
     history = {"grad_norm": [], "clipped": [], "loss": []}
+    board = _board(cfg, log_name, seeds)
+    every = max(1, steps // TB_EVALS)
+    flow_batch = task.sample(jax.random.key(20_000 + T), cfg.batch_size) if board else None
 
-    def on_step(done, metrics, _):
+    def on_step(done, metrics, state):
         for k in history:
             history[k].append(np.asarray(metrics[k]))
+        if board is None:
+            return
+        board.log(
+            "metrics", {"step": done, **{k: np.asarray(metrics[k]).tolist() for k in history}}
+        )
+        if done % every == 0 or done == steps:
+            factor = grad_flow(cell, state.params, flow_batch)["factor"]
+            board.log("eval", {"step": done, "grad_decay": factor.tolist()})
 
     t0 = time.perf_counter()
     status = "done"
@@ -258,6 +289,8 @@ def train_cell(
     except tr.NonFiniteError as err:
         status = f"nonfinite at update {err.step + 1}"
     wall = time.perf_counter() - t0
+    if board is not None:
+        board.close()
     hist = {k: np.stack(v) if v else np.zeros((0, len(seeds))) for k, v in history.items()}
     return {
         "params": state.params,

@@ -183,6 +183,7 @@ def forget_bias(study: Study) -> dict:
                         steps=cfg.train_steps,
                         clip=cfg.clip_norm,
                         forget=forget,
+                        log_name=f"forget-{forget}-train-T{t_long}",
                     )
                     return {"mse": trained["mse"], "wall_s": trained["wall_s"]}
 
@@ -210,6 +211,7 @@ def clipping(study: Study) -> dict:
                         steps=cfg.clip_steps,
                         clip=clip,
                         scale=g,
+                        log_name=f"clip-{name}-g{g}-{'on' if clip else 'off'}",
                     )
                     h = trained["history"]
                     return {
@@ -236,7 +238,13 @@ def training(study: Study) -> dict:
 
             def outcome(name=name, T=T):
                 trained = measure.train_cell(
-                    name, T, cfg, study.seeds, steps=cfg.train_steps, clip=cfg.clip_norm
+                    name,
+                    T,
+                    cfg,
+                    study.seeds,
+                    steps=cfg.train_steps,
+                    clip=cfg.clip_norm,
+                    log_name=f"train-{name}-T{T}",
                 )
                 task_t = make_task("adding", seq_len=T)
                 b = task_t.sample(jax.random.key(20_000 + T), cfg.batch_size)
@@ -274,6 +282,7 @@ def regularizers(study: Study) -> dict:
                     steps=cfg.train_steps,
                     clip=cfg.clip_norm,
                     regularizer=regularizer(kind, cfg.reg_rate),
+                    log_name=f"reg-{name}-{kind}-r{cfg.reg_rate}-T{T}",
                 )
                 b = make_task("adding", seq_len=T).sample(
                     jax.random.key(20_000 + T), cfg.batch_size
