@@ -8,14 +8,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run hello test test-fast lint format constraints clean
+.PHONY: install run hello test test-fast lint format docs serve-docs constraints clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,torch,experiments,bench]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,torch,experiments,bench,docs]'
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -34,6 +34,14 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -m 'not slow'
 
+# The documentation site (mkdocs.yml): tutorials and the API reference from the
+# docstrings, built offline into site/ (open site/index.html), or served while editing.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+serve-docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
+
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
@@ -48,4 +56,4 @@ constraints: $(STAMP)
 	  $(PY) -m pip freeze --exclude-editable | sed 's/+cpu//'; } > constraints.txt
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache site
