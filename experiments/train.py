@@ -178,17 +178,15 @@ GRAD_DECAY_EXAMPLES = 64
 
 def input_grad_decay(model, task, params, batch):
     """The per-step factor of ``||dL/dx_t||`` against the distance ``T - t``
-    (:func:`rnnjax.diagnostics.decay_rate`), ``x_t`` the recurrent layer's input at step
-    ``t``, read through the model's zero perturbation of it (``nn.Module.perturb``):
-    gradient flow through the trained recurrence, measured at every evaluation and
-    logged as ``grad_decay`` (and to TensorBoard)."""
-    inputs, lengths = batch.inputs, batch.lengths
-    _, zeros = model.apply({"params": params}, inputs, lengths, mutable="perturbations")
+    (:func:`rnnjax.diagnostics.decay_rate`), ``x_t`` the float input at step ``t`` (the
+    recurrent layer's input: the tasks it applies to have no embedding): gradient flow
+    through the trained recurrence, measured at every evaluation and logged as
+    ``grad_decay`` (and to TensorBoard)."""
 
-    def loss(perturbations):
-        return task.loss(model.apply({"params": params, **perturbations}, inputs, lengths), batch)
+    def loss(inputs):
+        return task.loss(model.apply({"params": params}, inputs, batch.lengths), batch)
 
-    grads = jax.grad(loss)(zeros)["perturbations"]["rnn_inputs"]  # [B, T, I]
+    grads = jax.grad(loss)(batch.inputs)  # [B, T, I]
     norms = jnp.linalg.norm(grads, axis=-1)
     return diagnostics.decay_rate(jnp.moveaxis(norms, -1, 0))[1]
 
@@ -349,7 +347,8 @@ def main(argv=None) -> int:
     full = eval_batch.lengths is None or bool(
         np.all(np.asarray(eval_batch.lengths) == np.shape(eval_batch.inputs)[1])
     )
-    grad_decay_applies = task.head == "last" and full
+    floats = jnp.issubdtype(jnp.result_type(eval_batch.inputs), jnp.floating)
+    grad_decay_applies = task.head == "last" and full and floats
 
     ckpt = Checkpointer(run.path / "checkpoints", max_to_keep=cfg.keep)
     state = common.start_or_resume(run, ckpt, place(state), cfg)

@@ -114,10 +114,6 @@ class SequenceModel(nn.Module):
             xs = nn.Embed(self.vocab_size, width)(inputs)
         else:
             xs = inputs
-        # Zeros added under a mutable "perturbations" collection (nn.Module.perturb),
-        # else nothing: the gradient of a loss with respect to the recurrent layer's
-        # input at every step, dL/dx_t (experiments/train.py's grad_decay).
-        xs = self.perturb("rnn_inputs", xs)
         rnn = Recurrent(self.layer, name="rnn")
         carry, ys = rnn(xs, lengths, initial_carry, deterministic=deterministic)
         out = Readout(self.num_outputs, name="head")

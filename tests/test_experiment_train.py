@@ -196,9 +196,8 @@ def test_options_the_run_would_ignore_are_errors(tmp_path, argv, match, capsys):
 
 
 def test_grad_decay_is_the_decay_of_the_gradient_by_the_inputs():
-    """Two routes to the logged grad_decay: the model's zero perturbation of the
-    recurrent layer's input (the script's), and the gradient with respect to the float
-    inputs themselves (the adding task has no embedding), fitted in float64 NumPy."""
+    """The logged grad_decay (the script's jitted fit, diagnostics.decay_rate) against
+    the same input gradient fitted by NumPy's float64 least squares."""
     import rnnjax
     from rnnjax.modules import SequenceModel
     from rnnjax.tasks import make_task
