@@ -29,7 +29,7 @@ NAV = re.compile(r":\s+(\S+\.md)\s*$", re.M)
 
 def test_every_tutorial_has_code_and_is_in_the_nav():
     nav = set(NAV.findall((ROOT / "mkdocs.yml").read_text()))
-    assert len(TUTORIALS) >= 6
+    assert len(TUTORIALS) >= 8
     for page in TUTORIALS:
         assert f"tutorials/{page.name}" in nav, page.name
         assert BLOCK.findall(page.read_text()), f"{page.name} has no python block"

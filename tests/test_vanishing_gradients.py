@@ -417,3 +417,29 @@ def test_unit_cache_saves_each_unit_and_resumes(tmp_path):
 
     in_memory = common.UnitCache(None, resume=True)
     assert in_memory("a", lambda: compute(5))["value"].size == 5 and in_memory.saved() == []
+
+
+def test_the_scale_sweep_draws_vanishing_blue_and_exploding_red_as_its_title_says():
+    """The heat map's colours and its title agree (the committed figure once drew
+    vanishing red under a title that said blue)."""
+    from vanishing import plots
+
+    cfg = config.Config(cells=("rnn_tanh",), scales=(0.5, 1.5))
+    results = {
+        "sweep": {
+            ("rnn_tanh", 0.5): {"log10_ratio": [-12.0]},
+            ("rnn_tanh", 1.5): {"log10_ratio": [12.0]},
+        }
+    }
+    plt = common.pyplot()
+    fig = plots.scale_sweep(plt, cfg, results, {})
+    try:
+        (ax, *_) = fig.axes
+        assert "blue: vanishing, red: exploding" in ax.get_title()
+        (image,) = ax.images
+        red, _, blue, _ = image.cmap(image.norm(-12.0))  # the g = 0.5 cell
+        assert blue > 2 * red
+        red, _, blue, _ = image.cmap(image.norm(12.0))
+        assert red > 2 * blue
+    finally:
+        plt.close(fig)

@@ -121,7 +121,7 @@ def scale_sweep(plt, cfg: Config, results: dict, colors: dict):
     )
     fig, ax = plt.subplots(figsize=(1.3 * len(cfg.scales) + 2, 0.6 * len(cells) + 1.6))
     lim = max(1.0, float(np.nanmax(np.abs(np.clip(grid, -40, 40)))))
-    im = ax.imshow(np.clip(grid, -lim, lim), cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
+    im = ax.imshow(np.clip(grid, -lim, lim), cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
     ax.set_xticks(range(len(cfg.scales)), [f"g={g}" for g in cfg.scales])
     ax.set_yticks(range(len(cells)), cells)
     for i in range(len(cells)):
