@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import vanishing_gradients
+from test_tensorboard import read_scalars
 from vanishing import config, measure, sections
 
 import rnnjax
@@ -60,7 +61,7 @@ def test_study_writes_report_figures_and_summary(tmp_path, capsys):
     out = tmp_path / "vg"
     cells = ["rnn_tanh", "lstm", "lru", "min_gru"]
     argv = TINY + ["--cells", ",".join(cells), "--clip_all", "--reg_cells", "lstm"]
-    argv += ["--out", str(out)]
+    argv += ["--tensorboard", "--out", str(out)]
     assert load().main(argv) == 0
     for name in (
         "report.md",
@@ -108,6 +109,22 @@ def test_study_writes_report_figures_and_summary(tmp_path, capsys):
                 if isinstance(stats, dict) and "mean" in stats:
                     assert np.isfinite(stats["mean"])
     assert "Wrote" in capsys.readouterr().out
+    # --tensorboard: each training run (the unit's name) has one folder per seed with
+    # its loss at every update and the decay factor of dL/dh_t at every evaluation (4
+    # updates: each one); the last is the factor the summary reports after training.
+    board = out / "tensorboard" / "train-rnn_tanh-T10"
+    assert sorted(p.name for p in board.iterdir()) == ["all", "seed0", "seed1"]
+    final = []
+    for seed in (0, 1):
+        got = read_scalars(board / f"seed{seed}")
+        assert sorted(got["metrics/loss"]) == [1, 2, 3, 4]
+        assert sorted(got["eval/grad_decay"]) == [1, 2, 3, 4]
+        assert all(0.0 < v < 2.0 for v in got["eval/grad_decay"].values())
+        final.append(got["eval/grad_decay"][4])
+    after = summary["train"]["rnn_tanh/T10"]["factor_after"]
+    assert sorted(final) == pytest.approx([after["min"], after["max"]], rel=1e-5)
+    # The regulariser runs log too, under their unit names.
+    assert (out / "tensorboard" / "reg-lstm-zoneout-r0.1-T10" / "seed0").is_dir()
 
 
 @pytest.mark.parametrize(
