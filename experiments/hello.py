@@ -7,17 +7,18 @@ reads the distribution of the next letter after each one; after training, "o" fo
 them apart.
 
     python experiments/hello.py [--seed 0] [--learning_rate 0.05] [--max_steps 2000]
+                                [--tensorboard]
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
 
+import common
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,12 +32,15 @@ WORD = "hello"
 
 @dataclasses.dataclass
 class Config:
-    seed: int = 0
-    hidden_size: int = 3
-    learning_rate: float = 0.05
-    max_steps: int = 2000
+    seed: int = 0  # the PRNG seed of the initial weights
+    hidden_size: int = 3  # H (REFERENCE.md section 1: 3)
+    learning_rate: float = 0.05  # Adam's step size
+    max_steps: int = 2000  # stop here if the letters are not learned by then
     target_prob: float = 0.9  # train until every next letter has at least this probability
-    out_dir: str = "runs/hello"
+    out_dir: str = "runs/hello"  # where summary.json (and tensorboard/) go
+    # mirror each update's loss and gradient norm to TensorBoard (tensorboardX) under
+    # <out_dir>/tensorboard
+    tensorboard: bool = False
 
     def validate(self) -> None:
         for name in ("hidden_size", "max_steps"):
@@ -111,7 +115,10 @@ def print_probs(probs: np.ndarray, text: str, title: str, file=sys.stdout) -> No
         print(f"  {text[: t + 1]!r:<7} {row}   {pred!r}", file=file)
 
 
-def train(config: Config, cell, params, xs, targets):
+def train(config: Config, cell, params, xs, targets, board=None):
+    """Adam until every next letter has ``target_prob`` (or ``max_steps``); with a
+    ``board`` (:class:`common.TensorBoard`), each update's loss, gradient norm and
+    learning rate go to it as ``metrics/*``."""
     opt = optax.adam(config.learning_rate)
     opt_state = opt.init(params)
 
@@ -126,12 +133,23 @@ def train(config: Config, cell, params, xs, targets):
         probs = jax.nn.softmax(forward(cell, params, xs))
         target_probs = jnp.take_along_axis(probs, targets[:, None], axis=-1)[:, 0]
         learned = jnp.all(target_probs >= config.target_prob)
-        return optax.apply_updates(params, updates), opt_state, loss, learned
+        grad_norm = optax.global_norm(grads)
+        return optax.apply_updates(params, updates), opt_state, loss, grad_norm, learned
 
     history = []
     for step in range(1, config.max_steps + 1):
-        new_params, opt_state, loss, learned = train_step(params, opt_state)
+        new_params, opt_state, loss, grad_norm, learned = train_step(params, opt_state)
         history.append(float(loss))
+        if board is not None:
+            board.log(
+                "metrics",
+                {
+                    "step": step,
+                    "loss": float(loss),
+                    "grad_norm": float(grad_norm),
+                    "lr": config.learning_rate,  # constant; the tag train.py uses
+                },
+            )
         if bool(learned):  # the params before this update already meet target_prob
             return params, step - 1, history
         params = new_params
@@ -139,14 +157,10 @@ def train(config: Config, cell, params, xs, targets):
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    for field in dataclasses.fields(Config):
-        parser.add_argument(f"--{field.name}", type=type(field.default), default=field.default)
-    config = Config(**vars(parser.parse_args(argv)))
-    try:
-        config.validate()
-    except ValueError as err:
-        parser.error(str(err))
+    config, _ = common.parse_config(Config, argv, description=__doc__.split("\n")[0])
+    if config.tensorboard:
+        with common.usage_errors():  # before any work, if tensorboardX is not installed
+            common.tensorboard_available()
 
     inputs, targets_text = WORD[:-1], WORD[1:]  # h, e, l, l -> e, l, l, o
     xs = one_hot(inputs)
@@ -163,8 +177,16 @@ def main(argv=None) -> dict:
     print()
     print_probs(before, inputs, "Next-letter probabilities before training:")
 
+    out = Path(config.out_dir)
+    board = None
+    if config.tensorboard:
+        board = common.TensorBoard(out / "tensorboard", seeds=[], start_step=0)
     start = time.perf_counter()
-    params, steps, history = train(config, cell, params, xs, targets)
+    try:
+        params, steps, history = train(config, cell, params, xs, targets, board)
+    finally:
+        if board is not None:
+            board.close()
     wall = time.perf_counter() - start
     after = np.asarray(jax.nn.softmax(forward(cell, params, xs)))
     predicted = "".join(VOCAB[int(i)] for i in np.argmax(after, -1))
@@ -191,7 +213,6 @@ def main(argv=None) -> dict:
         "jax_version": jax.__version__,
         "device": str(jax.devices()[0]),
     }
-    out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"Wrote {out / 'summary.json'}")

@@ -74,3 +74,18 @@ def pytest_unconfigure(config):
     own = os.environ.get("RNNJAX_TESTS_OWN_XLA_CACHE")
     if own and not hasattr(config, "workerinput"):
         shutil.rmtree(own, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """After each test module, drop every compiled program JAX holds in memory.
+
+    A pytest-xdist worker lives for the whole suite and, without this, keeps every one
+    of the thousands of executables it compiled (and their LLVM code) until it exits.
+    Twice a fresh-clone CI run segfaulted inside XLA's compiler (``backend_compile_and_load``)
+    in a vanishing-study test at about 90% of the suite, never in a fresh process, and
+    never the same test; memory stayed under 7 GB per worker. Bounding what a worker
+    carries is a mitigation, not a proven fix. A later module that needs a program
+    again reads it from the session's persistent compilation cache above."""
+    yield
+    jax.clear_caches()

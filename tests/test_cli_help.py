@@ -8,11 +8,17 @@ import common
 import pytest
 import seq2seq
 import train
+from test_hello import load_hello
 from vanishing import config as vconfig
 
 import rnnjax
 
-CONFIGS = {"train": train.Config, "seq2seq": seq2seq.Config, "vanishing": vconfig.Config}
+CONFIGS = {
+    "train": train.Config,
+    "seq2seq": seq2seq.Config,
+    "vanishing": vconfig.Config,
+    "hello": load_hello().Config,
+}
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))

@@ -66,3 +66,37 @@ def test_without_the_writer_the_flag_is_a_usage_error(monkeypatch, tmp_path, cap
 # The vanishing study's --tensorboard is checked inside its end-to-end run
 # (tests/test_vanishing_gradients.py::test_study_writes_report_figures_and_summary),
 # which would otherwise run a second study.
+
+
+def test_hello_logs_each_update(tmp_path):
+    """experiments/hello.py --tensorboard: loss, gradient norm and learning rate at
+    every update. The first update's values are computed again here from the initial
+    weights by a loop over the letters (the equations of REFERENCE.md section 1, not
+    rnnjax.scan)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from test_hello import load_hello
+
+    hello = load_hello()
+    summary = hello.main(["--out_dir", str(tmp_path), "--max_steps", "5", "--tensorboard"])
+    got = read_scalars(tmp_path / "tensorboard" / "all")
+    assert sorted(got["metrics/loss"]) == sorted(got["metrics/grad_norm"]) == [1, 2, 3, 4, 5]
+    assert got["metrics/lr"] == pytest.approx(dict.fromkeys(range(1, 6), 0.05))
+    assert got["metrics/loss"][5] == pytest.approx(summary["loss_last"], rel=1e-6)
+
+    _, params = hello.init(hello.Config())
+    targets = jnp.array([hello.VOCAB.index(c) for c in "ello"])
+
+    def loss(params):
+        (w_x, w_h, b), (w_y, b_y) = params["cell"], params["out"]
+        h, logits = jnp.zeros(w_h.shape[0]), []
+        for c in "hell":
+            x = jnp.eye(len(hello.VOCAB))[hello.VOCAB.index(c)]
+            h = jnp.tanh(x @ w_x + h @ w_h + b)
+            logits.append(h @ w_y + b_y)
+        return optax.softmax_cross_entropy_with_integer_labels(jnp.stack(logits), targets).mean()
+
+    value, grads = jax.value_and_grad(loss)(params)
+    assert got["metrics/loss"][1] == pytest.approx(float(value), rel=1e-5)
+    assert got["metrics/grad_norm"][1] == pytest.approx(float(optax.global_norm(grads)), rel=1e-5)
