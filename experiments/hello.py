@@ -133,7 +133,7 @@ def train(config: Config, cell, params, xs, targets, board=None):
         probs = jax.nn.softmax(forward(cell, params, xs))
         target_probs = jnp.take_along_axis(probs, targets[:, None], axis=-1)[:, 0]
         learned = jnp.all(target_probs >= config.target_prob)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         return optax.apply_updates(params, updates), opt_state, loss, grad_norm, learned
 
     history = []
