@@ -183,6 +183,12 @@ def join_processes() -> bool:
     return primary
 
 
+# The version of every JSON a run folder holds (config.json, summary.json): 2 added the
+# field itself, the per-seed CSV beside it and the bootstrap interval (ci_low, ci_high)
+# in every mean_spread; a file without the field is version 1.
+SCHEMA_VERSION = 2
+
+
 class RunDir:
     """One run's folder: ``config.json``, JSONL logs, ``summary.json``, plots, checkpoints.
 
@@ -200,12 +206,39 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
 
     def write_json(self, name: str, obj) -> Path:
+        """``obj`` as ``<run>/<name>``, atomically; a dict gets ``schema_version`` first
+        (:data:`SCHEMA_VERSION`)."""
         target = self.path / name
         if not self.primary:
             return target
+        if isinstance(obj, dict):
+            obj = {"schema_version": SCHEMA_VERSION, **obj}
         tmp = target.with_suffix(target.suffix + ".tmp")
         tmp.write_text(json.dumps(obj, indent=2, default=_jsonable) + "\n")
         os.replace(tmp, target)  # atomic: a reader never sees half a file
+        return target
+
+    def write_seed_csv(self, name: str, seeds, metrics: dict) -> Path:
+        """Per-seed final metrics as CSV (``seed,<metric>,...``, one row per seed) beside
+        the JSON: the raw numbers behind a table, for a reader's own statistics."""
+        target = self.path / name
+        if not self.primary:
+            return target
+        keys = list(metrics)
+        columns = [np.asarray(metrics[k], np.float64).reshape(-1) for k in keys]
+        for k, c in zip(keys, columns, strict=True):
+            if c.size != len(seeds):
+                raise ValueError(
+                    f"metrics[{k!r}] must hold one value per seed ({len(seeds)}); got {c.size}."
+                )
+        lines = [",".join(["seed", *keys])]
+        lines += [
+            ",".join([str(int(seed)), *(repr(float(c[i])) for c in columns)])
+            for i, seed in enumerate(seeds)
+        ]
+        tmp = target.with_suffix(target.suffix + ".tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        os.replace(tmp, target)
         return target
 
     # Set by open_tensorboard: every JSONL row then also goes to TensorBoard.
@@ -638,15 +671,11 @@ def _jsonable(obj):
 
 
 def mean_spread(values) -> dict[str, float]:
-    """Mean, sample standard deviation, min and max over seeds."""
-    a = np.asarray(values, np.float64).reshape(-1)
-    return {
-        "mean": float(a.mean()),
-        "std": float(a.std(ddof=1)) if a.size > 1 else 0.0,
-        "min": float(a.min()),
-        "max": float(a.max()),
-        "n": int(a.size),
-    }
+    """Mean, sample standard deviation, min, max, ``n`` and the 95% bootstrap interval
+    of the mean (``ci_low``, ``ci_high``) over seeds: :func:`rnnjax.stats.summarize`."""
+    from rnnjax import stats
+
+    return stats.summarize(values)
 
 
 def fmt_mean_std(stats: dict[str, float], digits: int = 3) -> str:

@@ -6,8 +6,9 @@
 
 Writes ``<out>/<name>/``: ``config.json`` (resolved), ``metrics.jsonl`` (per update:
 loss, grad norm before clipping, clipped, learning rate, steps/s; one value per seed),
-``eval.jsonl`` (held-out metrics), ``summary.json`` (final metrics with mean and spread
-over seeds, wall time, versions, device), PNG plots and ``checkpoints/``.
+``eval.jsonl`` (held-out metrics), ``summary.json`` (final metrics with mean, spread
+and 95% bootstrap interval over seeds, wall time, versions, device), ``final.csv`` (the
+final metrics, one row per seed), PNG plots and ``checkpoints/``.
 Exit status: 0 done, 1 non-finite loss or a gradient norm past --max_grad_norm (diverged),
 130 interrupted (checkpoint written).
 """
@@ -54,6 +55,11 @@ class Config:
     forget_bias: float = 1.0  # the LSTM's initial forget-gate bias
     seq_len: int = 100  # adding: T; copy: the delay T; charlm: window length
     permuted: bool = False  # digits: a fixed random permutation of the pixel order
+    # mnist1d: the package's spatially shuffled variant (one fixed order of the 40 steps)
+    shuffle_seq: bool = False
+    # Classification: read out from the last state (last) or from every step's output
+    # at once (all: a linear layer on the T outputs flattened, the MNIST-1D paper's GRU)
+    readout: str = "last"
     data_path: str = ""  # digits: local MNIST .npz/IDX folder; charlm: a text file
     optimizer: str = "adam"  # the Optax optimizer
     learning_rate: float = 1e-3  # the peak learning rate
@@ -89,7 +95,8 @@ class Config:
 
     # --help lists these; a value outside them is a usage error before any work.
     CHOICES = {
-        "task": ("adding", "copy", "digits", "charlm", "hello"),
+        "task": ("adding", "copy", "digits", "charlm", "hello", "mnist1d"),
+        "readout": ("last", "all"),
         "cell": rnnjax.cells.names,  # the catalogue when the command line is parsed
         "optimizer": tr.OPTIMIZERS,
         "schedule": tr.SCHEDULES,
@@ -142,6 +149,8 @@ class Config:
     # The tasks each task-specific option reaches (build_task, build_model).
     APPLIES = {
         "permuted": ("digits",),
+        "shuffle_seq": ("mnist1d",),
+        "readout": ("digits", "mnist1d"),
         "data_path": ("digits", "charlm"),
         "sample_chars": ("charlm",),
         "embed_dim": ("copy", "charlm", "hello"),  # token inputs
@@ -168,6 +177,12 @@ class Config:
             return f"digits{'_permuted' if self.permuted else ''}-{self.cell}"
         if self.task == "hello":
             return f"hello-{self.cell}"
+        if self.task == "mnist1d":
+            return (
+                f"mnist1d{'_shuffled' if self.shuffle_seq else ''}-{self.cell}"
+                f"{'-bi' if self.bidirectional else ''}"
+                f"{'-readout_all' if self.readout == 'all' else ''}"
+            )
         return f"{self.task}-{self.cell}-T{self.seq_len}"
 
 
@@ -248,6 +263,8 @@ def build_task(cfg: Config):
         return make_task("copy", delay=cfg.seq_len, eval_size=cfg.eval_size)
     if cfg.task == "digits":
         return make_task("digits", permuted=cfg.permuted, path=cfg.data_path or None)
+    if cfg.task == "mnist1d":
+        return make_task("mnist1d", shuffle_seq=cfg.shuffle_seq)
     if cfg.task == "charlm":
         return make_task(
             "charlm", seq_len=cfg.seq_len, path=cfg.data_path or None, eval_size=cfg.eval_size
@@ -272,10 +289,11 @@ def build_model(cfg: Config, task) -> SequenceModel:
         remat=True if cfg.remat == -1 else (cfg.remat or None),
         **options,
     )
+    head = "flatten" if task.head == "last" and cfg.readout == "all" else task.head
     return SequenceModel(
         layer,
         task.num_outputs,
-        head=task.head,
+        head=head,
         vocab_size=task.vocab_size,
         embed_dim=cfg.embed_dim or None,
     )
@@ -348,7 +366,7 @@ def main(argv=None) -> int:
         np.all(np.asarray(eval_batch.lengths) == np.shape(eval_batch.inputs)[1])
     )
     floats = jnp.issubdtype(jnp.result_type(eval_batch.inputs), jnp.floating)
-    grad_decay_applies = task.head == "last" and full and floats
+    grad_decay_applies = model.head == "last" and full and floats
 
     ckpt = Checkpointer(run.path / "checkpoints", max_to_keep=cfg.keep)
     state = common.start_or_resume(run, ckpt, place(state), cfg)
@@ -405,6 +423,8 @@ def main(argv=None) -> int:
         summary["sample"] = sample_text(model, params0, task, cfg.sample_chars)
         print("Sample (seed 0):\n" + summary["sample"])
     run.write_json("summary.json", summary)
+    if final is not None:
+        run.write_seed_csv("final.csv", seeds, final)
     if run.primary:
         plot_run(run, cfg, task)
     if final is not None:

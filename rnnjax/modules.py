@@ -31,7 +31,7 @@ from rnnjax.seq2seq import (
 )
 from rnnjax.tasks.vocab import BOS, EOS, PAD
 
-HEADS = ("each", "last")
+HEADS = ("each", "last", "flatten")
 
 
 class Recurrent(nn.Module):
@@ -74,7 +74,11 @@ class SequenceModel(nn.Module):
         models, copy task); padded steps give the readout's bias only and should be
         masked in the loss. ``"last"``: one output per sequence from the final state
         (:func:`~rnnjax.layers.final_hidden`, i.e. each sequence's last valid step)
-        ``[*batch, num_outputs]`` (classification, regression).
+        ``[*batch, num_outputs]`` (classification, regression). ``"flatten"``: one
+        output per sequence from every step's output at once, the readout reading
+        ``ys`` reshaped to ``[*batch, T * C]`` (the MNIST-1D paper's GRU; its width
+        depends on ``T``, so every batch must have the ``T`` of the init, and padded
+        steps enter it as the layer's outputs there: zeros).
       vocab_size: if set, inputs are integer tokens ``[*batch, T]`` embedded into
         ``embed_dim`` features; otherwise inputs are float features ``[*batch, T, I]``.
       embed_dim: embedding width (default: the readout's input width is unrelated).
@@ -117,7 +121,12 @@ class SequenceModel(nn.Module):
         rnn = Recurrent(self.layer, name="rnn")
         carry, ys = rnn(xs, lengths, initial_carry, deterministic=deterministic)
         out = Readout(self.num_outputs, name="head")
-        outputs = out(final_hidden(carry, self.layer)) if self.head == "last" else out(ys)
+        if self.head == "last":
+            outputs = out(final_hidden(carry, self.layer))
+        elif self.head == "flatten":
+            outputs = out(jnp.reshape(ys, (*jnp.shape(ys)[:-2], -1)))
+        else:
+            outputs = out(ys)
         return (outputs, carry) if return_carry else outputs
 
 

@@ -53,6 +53,9 @@ from rnnjax.seq2seq import (
 )
 from rnnjax.tasks.vocab import BOS, EOS, PAD
 
+# linen's heads that this front end has (the 'flatten' readout is linen's only).
+NNX_HEADS = ("each", "last")
+
 __all__ = [
     "Encoder",
     "Readout",
@@ -358,8 +361,14 @@ class SequenceModel(fnnx.Module):
     ):
         _check_layer(layer)
         check_positive_int("num_outputs", num_outputs)
-        if head not in HEADS:
-            raise ValueError(f"head must be one of {HEADS}; got {head!r}.")
+        if head not in NNX_HEADS:
+            more = (
+                " (linen's 'flatten' head is not here yet: its readout width T * C needs "
+                "the sequence length at init)"
+                if head in HEADS
+                else ""
+            )
+            raise ValueError(f"head must be one of {NNX_HEADS}; got {head!r}{more}.")
         for name, value in (("vocab_size", vocab_size), ("embed_dim", embed_dim)):
             if value is not None:
                 check_positive_int(name, value)

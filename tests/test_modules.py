@@ -90,7 +90,8 @@ def test_a_layer_without_dropout_needs_no_dropout_rng(xs):
 
 def test_unknown_head(xs):
     model = SequenceModel(rnnjax.make_layer("gru", H), num_outputs=1, head="middle")
-    with pytest.raises(ValueError, match=r"head must be one of \('each', 'last'\); got 'middle'"):
+    want = r"head must be one of \('each', 'last', 'flatten'\); got 'middle'"
+    with pytest.raises(ValueError, match=want):
         model.init(jax.random.key(0), xs)
 
 
