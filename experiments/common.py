@@ -218,28 +218,39 @@ class RunDir:
         os.replace(tmp, target)  # atomic: a reader never sees half a file
         return target
 
-    def write_seed_csv(self, name: str, seeds, metrics: dict) -> Path:
-        """Per-seed final metrics as CSV (``seed,<metric>,...``, one row per seed) beside
-        the JSON: the raw numbers behind a table, for a reader's own statistics."""
+    def write_csv(self, name: str, rows: list[dict]) -> Path:
+        """``rows`` (dicts with the same keys) as CSV with a header: raw numbers beside
+        the JSON, for a reader's own statistics. Floats keep every digit (``repr``)."""
         target = self.path / name
         if not self.primary:
             return target
-        keys = list(metrics)
-        columns = [np.asarray(metrics[k], np.float64).reshape(-1) for k in keys]
-        for k, c in zip(keys, columns, strict=True):
-            if c.size != len(seeds):
-                raise ValueError(
-                    f"metrics[{k!r}] must hold one value per seed ({len(seeds)}); got {c.size}."
-                )
-        lines = [",".join(["seed", *keys])]
-        lines += [
-            ",".join([str(int(seed)), *(repr(float(c[i])) for c in columns)])
-            for i, seed in enumerate(seeds)
-        ]
+        keys = list(rows[0]) if rows else []
+        for i, r in enumerate(rows):
+            if list(r) != keys:
+                raise ValueError(f"rows[{i}] must have the columns {keys}; got {list(r)}.")
+
+        def cell(v):
+            return repr(float(v)) if isinstance(v, (float, np.floating)) else str(v)
+
+        lines = [",".join(keys)] + [",".join(cell(r[k]) for k in keys) for r in rows]
         tmp = target.with_suffix(target.suffix + ".tmp")
         tmp.write_text("\n".join(lines) + "\n")
         os.replace(tmp, target)
         return target
+
+    def write_seed_csv(self, name: str, seeds, metrics: dict) -> Path:
+        """Per-seed final metrics as CSV, ``seed,<metric>,...``, one row per seed."""
+        columns = {k: np.asarray(v, np.float64).reshape(-1) for k, v in metrics.items()}
+        for k, c in columns.items():
+            if c.size != len(seeds):
+                raise ValueError(
+                    f"metrics[{k!r}] must hold one value per seed ({len(seeds)}); got {c.size}."
+                )
+        rows = [
+            {"seed": int(seed), **{k: float(c[i]) for k, c in columns.items()}}
+            for i, seed in enumerate(seeds)
+        ]
+        return self.write_csv(name, rows)
 
     # Set by open_tensorboard: every JSONL row then also goes to TensorBoard.
     board: TensorBoard | None = None

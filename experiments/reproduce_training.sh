@@ -69,7 +69,7 @@ if want mnist1d; then
 # read from its last state, all with one budget (H = 64, batch 100, 2,000 steps = 50
 # epochs, Adam 3e-3 cosine, clip 1): chosen so that the whole section runs in about
 # an hour on this 2-core CPU, not tuned per cell. The committed outputs (results/mnist1d/
-# runs, without checkpoints and per-update logs) regenerate results/mnist1d.md.
+# runs, without checkpoints and per-update logs) regenerate results/mnist1d/README.md.
 M1D=${M1D:-runs/mnist1d}
 m1d() { "$PY" experiments/train.py --out "$M1D" --no-progress --task mnist1d --seeds 5 --batch_size 100 "$@"; }
 m1d --cell gru --bidirectional --readout all --hidden_size 6 --learning_rate 1e-2 --clip_norm 0 --steps 6000
@@ -78,6 +78,7 @@ m1d --cell gru --learning_rate 3e-3 --schedule cosine --steps 2000 --shuffle_seq
 for cell in $("$PY" -c "import rnnjax; print(' '.join(rnnjax.cells.names()))"); do
   m1d --cell "$cell" --learning_rate 3e-3 --schedule cosine --steps 2000
 done
-"$PY" experiments/mnist1d_report.py "$M1D" --copy results/mnist1d/runs > results/mnist1d.md
-cat results/mnist1d.md
+mkdir -p results/mnist1d
+"$PY" experiments/mnist1d_report.py "$M1D" --copy results/mnist1d/runs > results/mnist1d/README.md
+cat results/mnist1d/README.md
 fi

@@ -368,6 +368,9 @@ def main(argv=None) -> int:
         ]
         summary["greedy_errors_seed0"] = {"count": len(errors), "first": errors[:12]}
     run.write_json("summary.json", summary)
+    if status == "done":
+        per_seed = {k: v["per_seed"] for k, v in summary["final"].items()}
+        run.write_seed_csv("final.csv", summary["seeds"], per_seed)
     if status == "done" and cfg.attention != "none":
         params0 = jax.tree.map(lambda a: a[0], distributed.to_host(state.params))
     if run.primary:

@@ -18,6 +18,8 @@ import common
 from seq2seq import Config
 from train_report import command_line
 
+from rnnjax import stats
+
 
 def _load(runs):
     out = []
@@ -40,17 +42,22 @@ def _size(cfg: dict) -> str:
 
 
 def _exact(summary: dict, key: str) -> str:
-    stats = summary["final"][key]
-    if stats["n"] == 1:
-        return f"{stats['mean']:.3f}"
-    per_seed = ", ".join(f"{v:.3f}" for v in stats["per_seed"])
-    return f"{stats['mean']:.3f} ± {stats['std']:.3f} ({per_seed})"
+    """The mean over seeds, its 95% bootstrap interval, and each seed (computed here
+    from the per-seed values: a summary of any schema version gives the same cell)."""
+    per_seed = summary["final"][key]["per_seed"]
+    s = stats.summarize(per_seed)
+    if s["n"] == 1:
+        return f"{s['mean']:.3f}"
+    low, high = s["ci_low"], s["ci_high"]
+    seeds = ", ".join(f"{v:.3f}" for v in per_seed)
+    return f"{s['mean']:.3f} [{low:.3f}, {high:.3f}] ({seeds})"
 
 
 def main_table(loaded) -> str:
     head = [
-        "task", "size", "cell", "attention", "params", "steps", "seeds",
-        "held-out exact, greedy", "held-out exact, beam", "wall", "command",
+        "task", "size", "cell", "attention", "params", "steps", "n (seeds)",
+        "held-out exact, greedy: mean [95% CI over seeds] (per seed)",
+        "held-out exact, beam", "wall", "command",
     ]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, s in loaded:

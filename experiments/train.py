@@ -57,6 +57,9 @@ class Config:
     permuted: bool = False  # digits: a fixed random permutation of the pixel order
     # mnist1d: the package's spatially shuffled variant (one fixed order of the 40 steps)
     shuffle_seq: bool = False
+    # mnist1d --shuffle_seq: the generator's order (package) or the one of the README's
+    # GRU number (notebook: np.random.seed(42), permutation(40))
+    shuffle_order: str = "package"
     # Classification: read out from the last state (last) or from every step's output
     # at once (all: a linear layer on the T outputs flattened, the MNIST-1D paper's GRU)
     readout: str = "last"
@@ -97,6 +100,7 @@ class Config:
     CHOICES = {
         "task": ("adding", "copy", "digits", "charlm", "hello", "mnist1d"),
         "readout": ("last", "all"),
+        "shuffle_order": ("package", "notebook"),
         "cell": rnnjax.cells.names,  # the catalogue when the command line is parsed
         "optimizer": tr.OPTIMIZERS,
         "schedule": tr.SCHEDULES,
@@ -150,6 +154,7 @@ class Config:
     APPLIES = {
         "permuted": ("digits",),
         "shuffle_seq": ("mnist1d",),
+        "shuffle_order": ("mnist1d",),
         "readout": ("digits", "mnist1d"),
         "data_path": ("digits", "charlm"),
         "sample_chars": ("charlm",),
@@ -179,7 +184,8 @@ class Config:
             return f"hello-{self.cell}"
         if self.task == "mnist1d":
             return (
-                f"mnist1d{'_shuffled' if self.shuffle_seq else ''}-{self.cell}"
+                f"mnist1d{'_shuffled' if self.shuffle_seq else ''}"
+                f"{'_notebook' if self.shuffle_order == 'notebook' else ''}-{self.cell}"
                 f"{'-bi' if self.bidirectional else ''}"
                 f"{'-readout_all' if self.readout == 'all' else ''}"
             )
@@ -264,7 +270,7 @@ def build_task(cfg: Config):
     if cfg.task == "digits":
         return make_task("digits", permuted=cfg.permuted, path=cfg.data_path or None)
     if cfg.task == "mnist1d":
-        return make_task("mnist1d", shuffle_seq=cfg.shuffle_seq)
+        return make_task("mnist1d", shuffle_seq=cfg.shuffle_seq, shuffle_order=cfg.shuffle_order)
     if cfg.task == "charlm":
         return make_task(
             "charlm", seq_len=cfg.seq_len, path=cfg.data_path or None, eval_size=cfg.eval_size

@@ -2,8 +2,11 @@
 
     python experiments/train_report.py runs/adding-* runs/copy-* > results/training.md
 
-One row per run: task, cell, size, the held-out metrics (mean ± std over seeds, and
-each seed), the baseline, steps, wall time, and the command that reproduces it.
+One row per run: task, cell, size, the held-out metrics (the mean over seeds with its
+95% bootstrap interval, and each seed; an accuracy on a test set of ``N`` examples also
+its Wilson interval over those examples), ``n`` (the seeds), the baseline, steps, wall
+time, and the command that reproduces it. The intervals are computed here from the
+per-seed values, so a summary.json of any schema version gives the same table.
 """
 
 from __future__ import annotations
@@ -11,9 +14,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from pathlib import Path
 
-import common
+from rnnjax import stats
 
 METRIC_ORDER = ("mse", "accuracy", "bpc", "loss")
 
@@ -43,23 +47,29 @@ def row(run: Path) -> dict:
     metrics = [m for m in METRIC_ORDER if m in final]
     if "bpc" in metrics or "mse" in metrics:
         metrics = [m for m in metrics if m != "loss"]
+    test_size = task_info(run).get("test")
     cells = []
     for m in metrics:
-        stats = final[m]
-        seeds = ", ".join(f"{v:.4g}" for v in stats["per_seed"])
-        cells.append(f"{m} {common.fmt_mean_std(stats, 3)} ({seeds})")
+        per_seed = final[m]["per_seed"]
+        summary_m = stats.summarize(per_seed)
+        seeds = ", ".join(f"{v:.4g}" for v in per_seed)
+        cell = f"{m} {stats.fmt_ci(summary_m, 3)}"
+        if m == "accuracy" and test_size and math.isfinite(summary_m["mean"]):
+            low, high = stats.wilson_interval(summary_m["mean"], int(test_size))
+            cell += f" (test set [{low:.3g}, {high:.3g}], N = {test_size})"
+        cells.append(f"{cell} ({seeds})")
     return {
         "task": cfg["task"] + (" (permuted)" if cfg.get("permuted") else ""),
         "T": sequence_length(run, cfg),
         "cell": cfg["cell"],
         "H": cfg["hidden_size"],
         "params": summary["params_per_seed"],
-        "held-out (mean ± std; per seed)": "; ".join(cells) or summary["status"],
+        "held-out: mean [95% CI over seeds] (per seed)": "; ".join(cells) or summary["status"],
         "baseline loss": f"{summary['baseline']:.4g}"
         if summary.get("baseline") is not None
         else "",
         "steps": summary["steps"],
-        "seeds": len(summary["seeds"]),
+        "n (seeds)": len(summary["seeds"]),
         # ">=": a resumed run whose earlier segments' times are not all known.
         "wall": f"{'>=' if summary.get('wall_s_complete') is False else ''}"
         f"{summary['wall_s'] / 60:.1f} min",
@@ -67,13 +77,18 @@ def row(run: Path) -> dict:
     }
 
 
+def task_info(run: Path) -> dict:
+    """What the task recorded about itself in the run's ``config.json`` ({} if none)."""
+    path = run / "config.json"
+    return json.loads(path.read_text()).get("task", {}) if path.exists() else {}
+
+
 def sequence_length(run: Path, cfg: dict):
     """T as the run's task used it: ``--seq_len`` where the task takes it, else what the
     task recorded in ``config.json`` (digits 64, hello 4)."""
     if cfg["task"] in ("adding", "copy", "charlm"):
         return cfg["seq_len"]
-    path = run / "config.json"
-    info = json.loads(path.read_text()).get("task", {}) if path.exists() else {}
+    info = task_info(run)
     if "seq_len" in info:
         return info["seq_len"]
     return len(info["inputs"]) if "inputs" in info else ""
@@ -96,8 +111,10 @@ def table(runs: list[Path]) -> str:
     foot = (
         f"\nMachine: {env['cpu']} ({env['cpu_count']} cores), backend {env['backend']}, "
         f"jax {env['versions']['jax']}; code at commit{'s' if len(commits) > 1 else ''} "
-        f"{', '.join(commits)}. Wall times are as measured, on a machine that may have been "
-        "running other jobs.\n"
+        f"{', '.join(commits)}. Intervals: the percentile bootstrap of the mean over the n "
+        "seeds (rnnjax.stats; with n = 3-5 it under-covers: read it as the seeds' spread); "
+        "the test-set interval is Wilson's for the mean accuracy on the N test examples. "
+        "Wall times are as measured, on a machine that may have been running other jobs.\n"
     )
     return "\n".join(lines) + "\n" + foot
 

@@ -60,6 +60,13 @@ def test_short_run_beats_chance_and_writes_every_file(tmp_path, task, extra, cha
     assert [e["step"] for e in evals] == [75, 150]
     # The exact match reported is recomputed from the samples' text for seed 0.
     assert all(set(s) == {"source", "target", "greedy", "beam"} for s in summary["samples"])
+    # final.csv: the same per-seed numbers, one row per seed.
+    rows = (run / "final.csv").read_text().splitlines()
+    assert rows[0].split(",") == ["seed", *final]
+    for i, line in enumerate(rows[1:]):
+        values = line.split(",")
+        assert int(values[0]) == summary["seeds"][i]
+        assert [float(v) for v in values[1:]] == [final[k]["per_seed"][i] for k in final]
 
 
 def test_resume_continues_exactly(tmp_path):
@@ -131,6 +138,18 @@ def test_report_reads_runs(tmp_path):
     assert "| attention (bahdanau) | 0.900 |  |" in text
     assert "| 0.100 | k=4: 0.100 |" in text  # one seed: the value alone
     assert "--seq_len 20 --attention none" in text
+    # Several seeds: the mean, its bootstrap interval over the seeds, and each seed. With
+    # two seeds the resampled means are 0.8, 0.85, 0.85, 0.9: the 95% interval is [0.8, 0.9].
+    two = tmp_path / "add-2"
+    two.mkdir()
+    pair = {"per_seed": [0.8, 0.9], "mean": 0.85, "std": 0.07, "min": 0.8, "max": 0.9, "n": 2}
+    summary = json.loads((tmp_path / "rev-none-10" / "summary.json").read_text())
+    summary["config"]["task"] = "addition"
+    summary.update(seeds=[0, 1], final={"exact_greedy": pair, "exact_beam4": pair})
+    (two / "summary.json").write_text(json.dumps(summary))
+    module.main([str(two), "--out", str(tmp_path / "out_two")])
+    text = (tmp_path / "out_two" / "README.md").read_text()
+    assert "| 2 | 0.850 [0.800, 0.900] (0.800, 0.900) |" in text
     assert (tmp_path / "out" / "reversal_vs_length.png").exists()
 
     # Two cells: each its own row (one hid the other); two runs of one model and T: an error.

@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 from helpers import keep_freed_memory_calls
 
+from rnnjax import stats
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "train.py"
 
@@ -397,7 +399,8 @@ def test_report_table_reads_the_summaries(tmp_path):
     text = report.table([tmp_path / "r"])
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     mse = summary["final"]["mse"]
-    assert f"mse {mse['mean']:.3g} ± {mse['std']:.2g}" in text
+    low, high = stats.bootstrap_ci(mse["per_seed"])
+    assert f"mse {mse['mean']:.3g} [{low:.3g}, {high:.3g}]" in text
     assert "| adding | 6 | gru | 6 |" in text
     # The command in the table reproduces the run's config (flags differing from defaults).
     cmd = text.split("`")[1]

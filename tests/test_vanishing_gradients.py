@@ -2,6 +2,7 @@
 and a cell registered here (not in the library) through every section it declares
 what it needs for."""
 
+import csv
 import json
 import pickle
 from typing import NamedTuple
@@ -96,9 +97,19 @@ def test_study_writes_report_figures_and_summary(tmp_path, capsys):
         f"lstm/{k}" for k in ("zoneout", "recurrent_dropout", "weight_drop")
     }
     assert {k.split("/")[0] for k in summary["sweep"]} == {"rnn_tanh", "lstm", "lru"}
+    # trained.csv: every trained network's outcome per seed, the summary's numbers.
+    with open(out / "trained.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * (len(summary["train"]) + len(summary["reg"]))  # 2 seeds
+    for key, part, kind in [("lstm/T10", "train", "none"), ("lstm/zoneout", "reg", "zoneout")]:
+        cell, T = "lstm", 10
+        mine = [r for r in rows if (r["cell"], r["regularizer"], int(r["T"])) == (cell, kind, T)]
+        assert [int(r["seed"]) for r in mine] == [0, 1]
+        assert [float(r["mse"]) for r in mine] == summary[part][key]["mse_per_seed"]
+    assert summary["schema_version"] == 2
     # The report's numbers are the summary's: spot-check one cell of table 1.
     f = summary["init"]["lstm/T16"]["factor"]
-    assert f"{f['mean']:.4g} ± {f['std']:.3g}" in report
+    assert f"{f['mean']:.4g} [{f['ci_low']:.4g}, {f['ci_high']:.4g}]" in report
     assert (
         "## What the numbers show" in report
         and "Command: `python experiments/vanishing_gradients.py" in report
@@ -376,7 +387,7 @@ def test_a_registered_cell_runs_through_every_section_it_applies_to(tmp_path, ca
     assert "- half_tanh: over T=16 at initialisation the gradient changes by" in report
     f = summary["init"]["half_tanh/T16"]["factor"]
     first_row = next(r for r in report.splitlines() if r.startswith("| half_tanh | "))
-    assert f"{f['mean']:.4g} ± {f['std']:.3g}" in first_row  # table 1 is the summary's
+    assert f"{f['mean']:.4g} [{f['ci_low']:.4g}, {f['ci_high']:.4g}]" in first_row  # the summary's
     assert "--cells rnn_tanh,half_tanh" in summary["command"]
     for name in ("grad_vs_distance", "singular_values", "scale_sweep", "final_loss", "clipping"):
         assert (out / f"{name}.png").stat().st_size > 0, name

@@ -83,6 +83,7 @@ def main(argv=None) -> int:
         command=command_line(cfg),
     )
     run_dir.write_json("summary.json", summary)
+    run_dir.write_csv("trained.csv", report.trained_rows(cfg, results))
     plots.plot(cfg, results, out)
     text = report.write_report(cfg, results, summary, out, wall, env)
     print(text.split("## What the numbers show")[1].strip())

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from rnnjax.tasks.base import Batch, Task, check_batch
 from rnnjax.tasks.datasets import char_lm, default_corpus, sequential_digits
 from rnnjax.tasks.hello import hello
-from rnnjax.tasks.mnist1d import mnist1d
+from rnnjax.tasks.mnist_1d import mnist1d
 from rnnjax.tasks.synthetic import adding, copy_memory
 from rnnjax.tasks.translation import Seq2SeqBatch, Seq2SeqTask, addition, dates, reversal
 from rnnjax.tasks.vocab import Vocab

@@ -116,7 +116,19 @@ def load(shuffle_seq: bool = False, *, cache: bool = True) -> tuple[dict, dict]:
     return arrays, {**meta, "from": "generated"}
 
 
-def mnist1d(*, shuffle_seq: bool = False, cache: bool = True) -> Task:
+SHUFFLE_ORDERS = ("package", "notebook")
+
+
+def notebook_order(num_steps: int = 40) -> np.ndarray:
+    """The order the MNIST-1D notebook shuffles with (``mnist1d-classification.ipynb``:
+    ``np.random.seed(42)`` then ``np.random.permutation(40)``, applied to the unshuffled
+    data), from a generator of its own: the global one is left alone."""
+    return np.random.RandomState(42).permutation(num_steps)
+
+
+def mnist1d(
+    *, shuffle_seq: bool = False, shuffle_order: str = "package", cache: bool = True
+) -> Task:
     """MNIST-1D as a sequence task: ``[B, 40, 1]`` float inputs, a class per sequence.
 
     Args:
@@ -127,6 +139,9 @@ def mnist1d(*, shuffle_seq: bool = False, cache: bool = True) -> Task:
         57% for the GRU used another fixed permutation (``np.random.seed(42)`` then
         ``permutation(40)`` in its notebook): the same kind of task, not the same
         order.
+      shuffle_order: with ``shuffle_seq``, whose fixed order: ``"package"`` (the
+        generator's, above) or ``"notebook"`` (:func:`notebook_order`, the one behind
+        the README's GRU number).
       cache: keep the built arrays in :func:`cache_dir` and read them back next time.
 
     A training batch is drawn uniformly with replacement from the 4,000 training
@@ -135,7 +150,19 @@ def mnist1d(*, shuffle_seq: bool = False, cache: bool = True) -> Task:
     the generator's (the whole dataset z-scored), in float32. Metrics: cross-entropy
     and accuracy; baseline ``ln 10``.
     """
-    arrays, record = load(shuffle_seq, cache=cache)
+    if shuffle_order not in SHUFFLE_ORDERS:
+        raise ValueError(f"shuffle_order must be one of {SHUFFLE_ORDERS}; got {shuffle_order!r}.")
+    if shuffle_order != "package" and not shuffle_seq:
+        raise ValueError(
+            f"shuffle_order={shuffle_order!r} picks the order of the shuffled variant: it "
+            "needs shuffle_seq=True."
+        )
+    notebook = shuffle_seq and shuffle_order == "notebook"
+    arrays, record = load(shuffle_seq and not notebook, cache=cache)
+    order = None
+    if notebook:
+        order = notebook_order(arrays["x"].shape[1])
+        arrays = {**arrays, "x": arrays["x"][:, order], "x_test": arrays["x_test"][:, order]}
     x_train = jnp.asarray(arrays["x"], jnp.float32)
     y_train = jnp.asarray(arrays["y"], jnp.int32)
     x_test = jnp.asarray(arrays["x_test"], jnp.float32)
@@ -169,5 +196,7 @@ def mnist1d(*, shuffle_seq: bool = False, cache: bool = True) -> Task:
             "train": int(n_train),
             "test": int(x_test.shape[0]),
             "shuffle_seq": bool(shuffle_seq),
+            **({"shuffle_order": shuffle_order} if shuffle_seq else {}),
+            **({"order": order.tolist()} if order is not None else {}),
         },
     )
