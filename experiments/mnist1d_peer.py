@@ -32,10 +32,10 @@ class Config:
     seeds: int = 5  # torch.manual_seed(seed) for seed = seed0, seed0 + 1, ...
     seed: int = 0  # the first seed (the notebook uses 42, once)
     steps: int = 6000  # updates (the notebook's classification run)
-    batch_size: int = 100
-    learning_rate: float = 1e-2
-    hidden_size: int = 6
-    eval_every: int = 250
+    batch_size: int = 100  # sequences per update, taken in order through the training set
+    learning_rate: float = 1e-2  # Adam's learning rate (constant)
+    hidden_size: int = 6  # units per direction (the notebook's GRUBase default)
+    eval_every: int = 250  # test accuracy every this many updates (and at the end)
     threads: int = 0  # torch's intra-op threads; 0: its default
     out: str = "runs/mnist1d_peer"
     name: str = ""  # default: gru-bi-readout_all-<shuffle_order>

@@ -19,6 +19,8 @@ import json
 import sys
 from pathlib import Path
 
+from rnnjax import stats
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # task: "adding" rows are compared with our adding runs; any other task is one the
@@ -125,7 +127,8 @@ def table(summary: dict) -> str:
         f"{cfg['train_steps']} Adam steps of {cfg['train_batch']} sequences, "
         f"lr {cfg['learning_rate']}, clip {cfg['clip_norm']}, {cfg['seeds']} seeds; "
         f"test MSE on {cfg['eval_size']} held-out sequences at T={T}, "
-        "mean ± std over seeds (min-max). Written by `python experiments/paper_rows.py`.",
+        "mean [95% bootstrap interval] over the n seeds (min-max). Written by `python "
+        "experiments/paper_rows.py`.",
         "",
         "The papers train for tens of thousands of steps at T in the thousands, on a GPU; "
         "the laboratory's default run is sized for 8 minutes on a 2-core CPU, so no row "
@@ -137,9 +140,11 @@ def table(summary: dict) -> str:
     ]
     for name in cfg["cells"]:
         _, mse = ours(summary, name)
+        # The interval from the seeds' values: a summary of any schema version has them.
+        s = stats.summarize(summary["train"][f"{name}/T{T}"]["mse_per_seed"])
         measured = (
-            f"T={T}: {_num(mse['mean'])} ± {_num(mse['std'])} "
-            f"({_num(mse['min'])}-{_num(mse['max'])}, n={mse['n']})"
+            f"T={T}: {_num(s['mean'])} [{_num(s['ci_low'])}, {_num(s['ci_high'])}] "
+            f"({_num(s['min'])}-{_num(s['max'])}, n={s['n']})"
         )
         if name in PUBLISHED:
             pub = PUBLISHED[name]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The training results of the README (issue 3), one command each, then the table.
-# About 80 + 35 + 44 + 60 minutes on a 2-core CPU; OUT=... (and LIN=..., FAM=..., M1D=...) to
+# About 80 + 35 + 44 + 62 minutes on a 2-core CPU; OUT=... (and LIN=..., FAM=..., M1D=...) to
 # write elsewhere. Arguments pick sections: seed, linear, families, mnist1d (default: all).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -74,11 +74,19 @@ M1D=${M1D:-runs/mnist1d}
 m1d() { "$PY" experiments/train.py --out "$M1D" --no-progress --task mnist1d --seeds 5 --batch_size 100 "$@"; }
 m1d --cell gru --bidirectional --readout all --hidden_size 6 --learning_rate 1e-2 --clip_norm 0 --steps 6000
 m1d --cell gru --bidirectional --readout all --hidden_size 6 --learning_rate 1e-2 --clip_norm 0 --steps 6000 --shuffle_seq
+m1d --cell gru --bidirectional --readout all --hidden_size 6 --learning_rate 1e-2 --clip_norm 0 --steps 6000 --shuffle_seq --shuffle_order notebook
 m1d --cell gru --learning_rate 3e-3 --schedule cosine --steps 2000 --shuffle_seq
 for cell in $("$PY" -c "import rnnjax; print(' '.join(rnnjax.cells.names()))"); do
   m1d --cell "$cell" --learning_rate 3e-3 --schedule cosine --steps 2000
 done
+# The same model in PyTorch, trained as the paper's notebook trains it, on the same data
+# (the reference route for the rows above; about 8 minutes each).
+PEER=${PEER:-runs/mnist1d_peer}
+for order in none package notebook; do
+  "$PY" experiments/mnist1d_peer.py --shuffle_order "$order" --out "$PEER"
+done
 mkdir -p results/mnist1d
-"$PY" experiments/mnist1d_report.py "$M1D" --copy results/mnist1d/runs > results/mnist1d/README.md
+"$PY" experiments/mnist1d_report.py "$M1D" --peer "$PEER" --copy results/mnist1d > "$M1D.md"
+mv "$M1D.md" results/mnist1d/README.md
 cat results/mnist1d/README.md
 fi

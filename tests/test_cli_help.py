@@ -5,6 +5,7 @@ choices, and a value outside them is a usage error naming the flag before any wo
 import dataclasses
 
 import common
+import mnist1d_peer
 import pytest
 import seq2seq
 import train
@@ -18,6 +19,7 @@ CONFIGS = {
     "seq2seq": seq2seq.Config,
     "vanishing": vconfig.Config,
     "hello": load_hello().Config,
+    "mnist1d_peer": mnist1d_peer.Config,
 }
 
 

@@ -283,6 +283,27 @@ def test_recurrent_scale_is_divided_out_by_the_norm(name):
 
 
 @pytest.mark.parametrize("name", sorted(ENTRIES))
+def test_one_input_feature_reaches_the_cell_only_through_its_sign(name):
+    """With I = 1 the joint norm of ``x_t W_x`` is ``sign(x_t) (w - mean w) / std w`` (but
+    for epsilon): the input's magnitude is divided out, as the recurrent scale is above.
+    Hence these cells' place near chance on MNIST-1D (one value per step; the docstring).
+    The plain LSTM / GRU on the same inputs tell x, 3x and sign(x) apart."""
+    with jax.enable_x64(True):
+        cell = rnnjax.make_cell(name, H, param_dtype=jnp.float64)
+        plain = rnnjax.make_cell(PLAIN[name], H, param_dtype=jnp.float64)
+        noise = jax.random.normal(jax.random.key(3), (2, T, 1), jnp.float64)
+        x = jnp.sign(noise) * (0.5 + jnp.abs(noise))  # |x| >= 0.5: epsilon negligible
+        for c in (cell, plain):
+            params = c.init(jax.random.key(0), 1)
+            ys = [rnnjax.scan(c, params, v)[1] for v in (x, 3 * x, jnp.sign(x))]
+            change = max(float(jnp.max(jnp.abs(y - ys[0]))) for y in ys[1:])
+            if c is cell:
+                assert change < 1e-3, change
+            else:
+                assert change > 0.1, change
+
+
+@pytest.mark.parametrize("name", sorted(ENTRIES))
 def test_bfloat16_runs_and_stays_near_float32(name):
     """A bfloat16 cell (params and compute) against the float32 cell on the same
     (bfloat16-representable) initial params and inputs, and the float32 cell against

@@ -246,38 +246,17 @@ def test_usage_errors(argv, message, tmp_path, capsys):
 
 
 def test_committed_table_regenerates_from_committed_runs():
-    """results/mnist1d/README.md is what the report makes of results/mnist1d/runs."""
+    """results/mnist1d/README.md is what the report makes of the committed run outputs."""
     from pathlib import Path
 
     import mnist1d_report
 
-    root = Path(__file__).resolve().parents[1]
-    runs = root / "results" / "mnist1d" / "runs"
-    loaded = [mnist1d_report.load(p) for p in sorted(runs.iterdir()) if p.is_dir()]
-    assert len(loaded) >= len(rnnjax.cells.names()) + 2
-    text = mnist1d_report.table([r for r in loaded if r])
-    assert text == (root / "results" / "mnist1d" / "README.md").read_text()
-    # Every run folder holds its raw per-seed numbers.
-    assert all((p / "final.csv").exists() for p in runs.iterdir() if p.is_dir())
-
-
-def test_torch_peer_is_the_paper_s_model(offline, tmp_path):
-    """PyTorch's GRU in the notebook's setting: 5,134 parameters, as the notebook prints
-    for its GRUBase, and the same count as our --readout all row."""
-    pytest.importorskip("torch")
-    import csv
-    import json
-
-    import mnist1d_peer
-
-    argv = ["--steps", "3", "--seeds", "2", "--eval_every", "2", "--threads", "1",
-            "--shuffle_order", "notebook", "--out", str(tmp_path)]  # fmt: skip
-    assert mnist1d_peer.main(argv) == 0
-    run = tmp_path / "gru-bi-readout_all-notebook"
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["params_per_seed"] == 5134 and summary["schema_version"] == 2
-    with open(run / "final.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert [float(r["accuracy"]) for r in rows] == summary["final"]["final"]["per_seed"]
-    assert all(0.0 <= float(r["best_accuracy"]) <= 1.0 for r in rows)
-    assert {int(float(r["best_step"])) for r in rows} <= {0, 2, 3}
+    folder = Path(__file__).resolve().parents[1] / "results" / "mnist1d"
+    runs = [p for p in (folder / "runs").iterdir() if p.is_dir()]
+    assert len(runs) >= len(rnnjax.cells.names()) + 2
+    text = mnist1d_report.report(folder / "runs", folder / "peer")
+    assert text == (folder / "README.md").read_text()
+    # Every run folder holds its raw per-seed numbers, and the table covers the catalogue.
+    assert all((p / "final.csv").exists() for p in runs)
+    for name in rnnjax.cells.names():
+        assert f"| MNIST-1D | {name} | one direction, last state |" in text, name
