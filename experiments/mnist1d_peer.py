@@ -37,7 +37,7 @@ class Config:
     hidden_size: int = 6  # units per direction (the notebook's GRUBase default)
     eval_every: int = 250  # test accuracy every this many updates (and at the end)
     threads: int = 0  # torch's intra-op threads; 0: its default
-    out: str = "runs/mnist1d_peer"
+    out: str = "runs/mnist1d_peer"  # the parent folder of run folders
     name: str = ""  # default: gru-bi-readout_all-<shuffle_order>
 
     CHOICES = {"shuffle_order": ("none", "package", "notebook")}
