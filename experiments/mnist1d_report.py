@@ -104,9 +104,15 @@ def row(run: dict) -> dict:
     }
 
 
+def markdown(rows: list[dict]) -> list[str]:
+    """A markdown table of ``rows`` (dicts with the same keys; ``_``-keys left out)."""
+    head = [h for h in rows[0] if not h.startswith("_")]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return lines + ["| " + " | ".join(str(r[h]) for h in head) + " |" for r in rows]
+
+
 def table(runs: list[dict]) -> str:
     rows = sorted((row(r) for r in runs), key=lambda r: r["_order"])
-    head = [h for h in rows[0] if not h.startswith("_")]
     lines = [
         "# MNIST-1D: every cell, 5 seeds",
         "",
@@ -116,10 +122,8 @@ def table(runs: list[dict]) -> str:
         "setting in which a cell reads the sequence once and classifies from its last "
         "state, every cell with the same budget (not tuned per cell), best first.",
         "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
+        *markdown(rows),
     ]
-    lines += ["| " + " | ".join(str(r[h]) for h in head) + " |" for r in rows]
     envs = [r["summary"]["environment"] for r in runs]
     env = envs[0]
     commits = sorted({str(e["git_commit"])[:10] for e in envs})
@@ -176,7 +180,6 @@ def peer_row(run: Path) -> dict:
 
 def peer_table(peers: list[Path]) -> list[str]:
     rows = sorted((peer_row(p) for p in peers), key=lambda r: r["_order"])
-    head = [h for h in rows[0] if not h.startswith("_")]
     envs = [r["_env"] for r in rows]
     commits = sorted({str(e["git_commit"])[:10] for e in envs})
     return [
@@ -191,9 +194,7 @@ def peer_table(peers: list[Path]) -> list[str]:
         "evaluations every 250 steps, which a reported number may reflect where the "
         "test accuracy peaks and falls.",
         "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
-        *("| " + " | ".join(str(r[h]) for h in head) + " |" for r in rows),
+        *markdown(rows),
         "",
         f"Machine: {envs[0]['cpu']} ({envs[0]['cpu_count']} cores); code at commit"
         f"{'s' if len(commits) > 1 else ''} {', '.join(commits)}"

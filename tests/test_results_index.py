@@ -42,3 +42,16 @@ def test_provenance_parsers():
     assert results_index.wall("wall time 6.3 min.") == "6.3 min"
     assert results_index.intervals("mean [95% CI]", "seeds") == "yes, and n"
     assert results_index.intervals("mean ± std", "seeds").startswith("not yet")
+
+
+def test_run_csvs_name_a_bad_row_or_column(tmp_path):
+    import common
+    import pytest
+
+    run = common.RunDir(tmp_path / "r", primary=True)
+    path = run.write_seed_csv("final.csv", [3, 4], {"accuracy": [0.5, 0.25]})
+    assert path.read_text() == "seed,accuracy\n3,0.5\n4,0.25\n"
+    with pytest.raises(ValueError, match=r"metrics\['loss'\] must hold one value per seed \(2\)"):
+        run.write_seed_csv("final.csv", [3, 4], {"loss": [1.0]})
+    with pytest.raises(ValueError, match=r"rows\[1\] must have the columns \['a', 'b'\]"):
+        run.write_csv("x.csv", [{"a": 1, "b": 2.0}, {"a": 1}])

@@ -42,13 +42,27 @@ def sequential_digits(
     else:
         x_train, y_train, x_test, y_test = _load_mnist(Path(path))
         source = f"MNIST from {path}"
-    num_steps = x_train.shape[1]
     if permuted:
-        perm = np.asarray(jax.random.permutation(jax.random.key(permutation_seed), num_steps))
+        steps = x_train.shape[1]
+        perm = np.asarray(jax.random.permutation(jax.random.key(permutation_seed), steps))
         x_train, x_test = x_train[:, perm], x_test[:, perm]
-    x_train, y_train = jnp.asarray(x_train), jnp.asarray(y_train)
-    x_test, y_test = jnp.asarray(x_test), jnp.asarray(y_test)
-    n_train = x_train.shape[0]
+    return sequence_classification(
+        "digits_permuted" if permuted else "digits",
+        x_train, y_train, x_test, y_test,
+        info={"source": source, "permuted": permuted},
+    )  # fmt: skip
+
+
+def sequence_classification(
+    name: str, x_train, y_train, x_test, y_test, *, num_classes: int = 10, info: dict
+) -> Task:
+    """A task over fixed arrays: one float value per step (``[N, T]`` inputs), a class
+    per sequence read at the last step. Training batches are drawn uniformly with
+    replacement by the key; the held-out set is the whole test split. ``info`` gets
+    ``seq_len``, ``train`` and ``test`` (the sizes) added."""
+    x_train, y_train = jnp.asarray(x_train, jnp.float32), jnp.asarray(y_train, jnp.int32)
+    x_test, y_test = jnp.asarray(x_test, jnp.float32), jnp.asarray(y_test, jnp.int32)
+    n_train, num_steps = x_train.shape
 
     def to_batch(x, y):
         return Batch(x[..., None], y, jnp.full(y.shape, num_steps, jnp.int32))
@@ -59,22 +73,21 @@ def sequential_digits(
         return to_batch(x_train[idx], y_train[idx])
 
     return Task(
-        name="digits_permuted" if permuted else "digits",
+        name=name,
         sample=sample,
         eval_set=lambda: to_batch(x_test, y_test),
         input_size=1,
         vocab_size=None,
-        num_outputs=10,
+        num_outputs=num_classes,
         head="last",
         loss=xent_loss,
         metrics=xent_metrics,
-        baseline=float(np.log(10.0)),
+        baseline=float(np.log(num_classes)),
         info={
-            "source": source,
-            "seq_len": num_steps,
-            "train": n_train,
+            **info,
+            "seq_len": int(num_steps),
+            "train": int(n_train),
             "test": int(x_test.shape[0]),
-            "permuted": permuted,
         },
     )
 

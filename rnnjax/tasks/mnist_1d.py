@@ -18,11 +18,10 @@ import os
 import random
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from rnnjax.tasks.base import Batch, Task, check_positive, xent_loss, xent_metrics
+from rnnjax.tasks.base import Task
+from rnnjax.tasks.datasets import sequence_classification
 
 # The generator's arguments that define the data (get_dataset_args() minus its url).
 DATA_KEYS = (
@@ -163,40 +162,15 @@ def mnist1d(
     if notebook:
         order = notebook_order(arrays["x"].shape[1])
         arrays = {**arrays, "x": arrays["x"][:, order], "x_test": arrays["x_test"][:, order]}
-    x_train = jnp.asarray(arrays["x"], jnp.float32)
-    y_train = jnp.asarray(arrays["y"], jnp.int32)
-    x_test = jnp.asarray(arrays["x_test"], jnp.float32)
-    y_test = jnp.asarray(arrays["y_test"], jnp.int32)
-    n_train, num_steps = x_train.shape
-
-    def to_batch(x, y):
-        return Batch(x[..., None], y, jnp.full(y.shape, num_steps, jnp.int32))
-
-    def sample(key, batch_size: int) -> Batch:
-        check_positive("batch_size", batch_size)
-        idx = jax.random.randint(key, (batch_size,), 0, n_train)
-        return to_batch(x_train[idx], y_train[idx])
-
-    return Task(
-        name="mnist1d_shuffled" if shuffle_seq else "mnist1d",
-        sample=sample,
-        eval_set=lambda: to_batch(x_test, y_test),
-        input_size=1,
-        vocab_size=None,
-        num_outputs=10,
-        head="last",
-        loss=xent_loss,
-        metrics=xent_metrics,
-        baseline=float(np.log(10.0)),
+    return sequence_classification(
+        "mnist1d_shuffled" if shuffle_seq else "mnist1d",
+        arrays["x"], arrays["y"], arrays["x_test"], arrays["y_test"],
         info={
             "source": f"mnist1d {record['mnist1d']} make_dataset(get_dataset_args())",
             "generator_args": record["args"],
             "sha256": record["sha256"],
-            "seq_len": int(num_steps),
-            "train": int(n_train),
-            "test": int(x_test.shape[0]),
             "shuffle_seq": bool(shuffle_seq),
             **({"shuffle_order": shuffle_order} if shuffle_seq else {}),
             **({"order": order.tolist()} if order is not None else {}),
         },
-    )
+    )  # fmt: skip
