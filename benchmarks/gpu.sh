@@ -5,22 +5,23 @@
 #
 # 1. the machine: GPU name, driver, memory; Python, jax, flax, torch, CUDA and cuDNN
 #    versions, XLA_FLAGS;
-# 2. a persistent Pallas time loop, probed (benchmarks/pallas_probe.py: forward kernels
-#    for the Elman RNN, LSTM and GRU checked against rnnjax.scan and timed beside it and
-#    cuDNN, at the small configuration);
-# 3. the length sweep of the linear recurrences (benchmarks/lengths.py: the training
+# 2. the length sweep of the linear recurrences (benchmarks/lengths.py: the training
 #    step at T = 1,000 / 10,000 / 100,000, the associative scan against the sequential
 #    loop and the LSTM at the same parameter count; issue 21). XLA's command buffers for
 #    the while loop were measured at 16d93b0 (no help: results/gpu-h200) and dropped;
-# 4. the benchmark (benchmarks/run.py): the tanh RNN, LSTM and GRU at small/medium/large,
-#    rnnjax's default plan, JAX's own backward and unroll=1, Flax, PyTorch on cuDNN and
-#    jax.experimental.rnn's cuDNN LSTM, float32 with TF32 off in every backend;
-# 5. the main job's smoke run (experiments/vanishing_gradients.py, tiny) on the GPU.
+# 3. the benchmark (benchmarks/run.py): the tanh RNN, LSTM and GRU at small/medium/large,
+#    rnnjax's default plan, JAX's own backward, unroll=1 and the persistent Pallas time
+#    loop (rnnjax.persistent, loop="persistent": its gate checks the compiled kernel's
+#    outputs and gradients against float64 PyTorch before it is timed), Flax, PyTorch
+#    on cuDNN and jax.experimental.rnn's cuDNN LSTM, float32 with TF32 off in every
+#    backend. (benchmarks/pallas_probe.py, the forward-only probe that came before the
+#    library's kernel, ran at 16d93b0; it is no longer part of this script.)
+# 4. the main job's smoke run (experiments/vanishing_gradients.py, tiny) on the GPU.
 #
 # It installs nothing: it runs the repository with the python3 given as $PYTHON (or on
-# the PATH) whose jax sees the GPU. Each step has a time limit in seconds (PROBE_S,
-# LENGTHS_S, BENCH_S, SMOKE_S); the sweep and the benchmark save their JSON after every
-# row, so a step cut short keeps what it measured. Writes OUT/log.txt, OUT/probe/,
+# the PATH) whose jax sees the GPU. Each step has a time limit in seconds (LENGTHS_S,
+# BENCH_S, SMOKE_S); the sweep and the benchmark save their JSON after every
+# row, so a step cut short keeps what it measured. Writes OUT/log.txt,
 # OUT/lengths/ and OUT/bench/.
 set -u
 out=${1:-results/gpu}
@@ -51,18 +52,14 @@ print(jax.devices(), "XLA_FLAGS", repr(os.environ.get("XLA_FLAGS", "")))
 EOF
 } >>"$log" 2>&1
 
-step "persistent Pallas time loop (probe)"
-timeout "${PROBE_S:-60}" "$py" benchmarks/pallas_probe.py --out "$out/probe" >>"$log" 2>&1
-echo "probe exit status $?" | tee -a "$log"
-
 step "length sweep (linear recurrences)"
-timeout "${LENGTHS_S:-100}" "$py" benchmarks/lengths.py --cells rg_lru,min_gru --rounds 2 --out "$out/lengths" >>"$log" 2>&1
+timeout "${LENGTHS_S:-80}" "$py" benchmarks/lengths.py --cells rg_lru,min_gru --rounds 2 --out "$out/lengths" >>"$log" 2>&1
 echo "lengths exit status $?" | tee -a "$log"
 [ -f "$out/lengths/lengths.json" ] && "$py" benchmarks/lengths.py --report --out "$out/lengths" >>"$log" 2>&1
 
 step "benchmark"
-timeout "${BENCH_S:-180}" "$py" benchmarks/run.py \
-  --cells rnn_tanh,lstm,gru --backends rnnjax,rnnjax-autodiff,rnnjax-unroll1,flax,torch,cudnn \
+timeout "${BENCH_S:-230}" "$py" benchmarks/run.py \
+  --cells rnn_tanh,lstm,gru --backends rnnjax,rnnjax-autodiff,rnnjax-unroll1,rnnjax-persistent,flax,torch,cudnn \
   --rounds "${ROUNDS:-5}" --min_sample "${MIN_SAMPLE:-0.03}" --no-sweep \
   --out "$out/bench" >>"$log" 2>&1
 echo "benchmark exit status $?" | tee -a "$log"

@@ -320,13 +320,16 @@ def rnnjax_impl(
     devices=False,
     hoist: bool | None = None,
     unroll: int | None = None,
+    loop: str = "auto",
 ) -> Impl:
     """``rnnjax.scan`` over the catalogue's cell (batch-major input), with ``scan``'s
     plan options: the backward pass ``vjp`` names (``"fused"``: the cuDNN-style custom
     VJP), ``remat`` (``True``: rematerialised over chunks of sqrt(T) steps), the input
     projection's placement ``hoist`` (``True``: one matmul before the loop, ``False``:
     per step inside it), ``lax.scan``'s ``unroll`` (both loops of the fused backward);
-    ``None`` or ``"auto"``: ``rnnjax.scan``'s own choice. With ``devices``, the batch
+    ``None`` or ``"auto"``: ``rnnjax.scan``'s own choice; ``loop="persistent"``: the
+    Pallas time loop (:mod:`rnnjax.persistent`; on a GPU only: off one it runs in
+    interpret mode, which is for tests). With ``devices``, the batch
     split over every device JAX sees (on a CPU, host devices forced with
     ``--host_devices``: XLA runs a small per-step matmul on one core, so a batch split
     is how a loop uses several).
@@ -355,7 +358,9 @@ def rnnjax_impl(
     core = _entry(cell).make(hidden)
     lay = layout(cell, x.shape[-1], hidden)
     params = jax.tree.map(jnp.asarray, lay.to_params(w))
-    options = {"vjp": vjp, "remat": remat, "hoist": hoist, "unroll": unroll}
+    if loop == "persistent" and jax.default_backend() != "gpu":
+        raise Unavailable("the persistent Pallas loop is compiled for GPUs only")
+    options = {"vjp": vjp, "remat": remat, "hoist": hoist, "unroll": unroll, "loop": loop}
     chosen = {k: v for k, v in options.items() if v not in (None, "auto")}
     if chosen:
         try:
@@ -650,6 +655,7 @@ VARIANTS = (
     "rnnjax-devices",
     "rnnjax-unroll",
     "rnnjax-unroll1",
+    "rnnjax-persistent",
 )
 UNROLL = 8  # the rnnjax-unroll variant's: for a GPU, where each loop step costs launches
 
@@ -684,6 +690,7 @@ def build(backend: str, cell: str, w, x, y) -> dict[str, Impl | Exception]:
             "rnnjax-unroll": functools.partial(rnnjax_impl, unroll=UNROLL),
             # unroll=1: the step-by-step loop, whatever the plan's default (8 on a GPU).
             "rnnjax-unroll1": functools.partial(rnnjax_impl, unroll=1),
+            "rnnjax-persistent": functools.partial(rnnjax_impl, loop="persistent"),
         }[backend]
         name = {
             "cudnn": "jax.experimental.rnn (cuDNN)",
@@ -695,6 +702,7 @@ def build(backend: str, cell: str, w, x, y) -> dict[str, Impl | Exception]:
             "rnnjax-devices": "rnnjax (batch over devices)",
             "rnnjax-unroll": f"rnnjax (unroll={UNROLL})",
             "rnnjax-unroll1": "rnnjax (unroll=1)",
+            "rnnjax-persistent": "rnnjax (persistent Pallas loop)",
         }.get(backend, backend)
         makers = {name: make}
     out = {}

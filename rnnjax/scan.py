@@ -20,12 +20,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnnjax import fused, loops, regularize
+from rnnjax import fused, loops, persistent, regularize
 from rnnjax.cells.base import Array, Cell, PyTree, check_carry, check_params
 from rnnjax.checks import check_in_range
 
 VJPS = ("auto", "fused", "autodiff")
-LOOPS = ("auto", "sequential", "associative")
+LOOPS = ("auto", "sequential", "associative", "persistent")
 # unroll=None: lax.scan's unroll on each backend. On an H200, unroll=8 made every
 # training step of the benchmark 1.25-2.08x and every inference 1.16-1.89x faster (each
 # loop step there launches its kernels from the host; results/gpu-h200); on a 2-core
@@ -57,9 +57,11 @@ class Plan(NamedTuple):
     """How :func:`scan` runs a cell, resolved by :func:`plan` before anything runs.
 
     Attributes:
-      loop: ``"sequential"`` (``lax.scan``) or ``"associative"`` (a parallel prefix
-        scan, for a cell that declares ``linear``).
-      backward: ``"fused"`` (:mod:`rnnjax.fused`) or ``"autodiff"``.
+      loop: ``"sequential"`` (``lax.scan``), ``"associative"`` (a parallel prefix
+        scan, for a cell that declares ``linear``) or ``"persistent"`` (the forward
+        and the backward loop as one Pallas kernel each, :mod:`rnnjax.persistent`).
+      backward: ``"fused"`` (:mod:`rnnjax.fused`; the persistent loop's backward is
+        the same, in its kernel) or ``"autodiff"``.
       hoist: the input projection runs as one matmul before the loop (else per step).
       remat: chunk length of the rematerialised loop; 0 for none.
       unroll: ``lax.scan``'s ``unroll``.
@@ -151,6 +153,12 @@ def scan(
         where the cell declares a linear recurrence and ``remat`` is off, sequential
         elsewhere (on a CPU, which runs the scan's work and not its depth, the
         associative loop measured 1-3x slower: ``benchmarks/lengths.py``).
+        ``"persistent"``: the whole forward loop and the whole backward loop as one
+        Pallas kernel each, the recurrent weight loaded once (:mod:`rnnjax.persistent`;
+        needs ``cell.fused.vjp``, one dtype, the projection hoisted, no
+        ``perturbation``, ``return_carries`` or ``remat``). Never chosen by ``"auto"``:
+        not yet measured faster on a GPU; off a GPU it runs in Pallas's interpret mode
+        (correct, and slow: for tests).
       hoist: ``True``: ``cell.project`` runs as one matmul before the loop; ``False``:
         per step inside it; ``None`` (default): before it on GPUs and TPUs, for an
         ungated cell and for a linear recurrence, inside it for another gated cell on a
@@ -343,6 +351,11 @@ def _resolve(
     backend = jax.default_backend()
     notes = []
 
+    if loop == "persistent":
+        return _persistent_plan(
+            cell, params, problem, perturbation, return_carries, chunk, vjp, hoist, unroll,
+            mesh, batch_axis,
+        )  # fmt: skip
     could = loop == "auto" and cell.linear is not None and not chunk
     if could and backend == "cpu":
         notes.append(
@@ -386,6 +399,31 @@ def _resolve(
         loop, backward, hoist, chunk, unroll,
         _loop_mesh(mesh, batch_axis, problem.batch_shape, perturbation), batch_axis,
         tuple(notes),
+    )  # fmt: skip
+
+
+def _persistent_plan(
+    cell, params, problem, perturbation, return_carries, chunk, vjp, hoist, unroll, mesh,
+    batch_axis,
+) -> Plan:  # fmt: skip
+    """The plan of ``loop="persistent"``, or a ValueError naming what rules it out."""
+    blockers = _fused_blockers(cell, params, problem, perturbation, return_carries, chunk)
+    if fused.supports(cell) and not persistent.supports(cell):
+        blockers.append(f"the {cell.name} cell writes no step backward (cell.fused.vjp)")
+    if vjp == "autodiff":
+        blockers.append("vjp='autodiff' (the persistent loop's backward is its own kernel)")
+    if hoist is False:
+        blockers.append("hoist=False (the kernel reads the hoisted projection)")
+    if not (unroll is None or unroll is False or (unroll == 1 and unroll is not True)):
+        blockers.append(f"unroll={unroll!r} (the kernel's loop is not lax.scan's)")
+    if blockers:
+        raise ValueError(f"loop='persistent' does not apply here: {'; '.join(blockers)}.")
+    notes = ()
+    if persistent.interpret_default():
+        notes = ("persistent loop in Pallas's interpret mode (no GPU): correct, not fast",)
+    return Plan(
+        "persistent", "fused", True, 0, 1, _loop_mesh(mesh, batch_axis, problem.batch_shape, None),
+        batch_axis, notes,
     )  # fmt: skip
 
 
@@ -495,6 +533,11 @@ def run(
             return loops.associative(
                 cell, params, xp, carry, mask, reverse=reverse, eps_carry=eps_carry,
                 return_carries=return_carries,
+            )  # fmt: skip
+        if plan.loop == "persistent":
+            return persistent.persistent_scan(
+                cell, reverse, persistent.DEFAULT_BLOCK_BATCH, persistent.interpret_default(),
+                params, xs, carry, mask,
             )  # fmt: skip
         if plan.backward == "fused":
             return fused.fused_scan(

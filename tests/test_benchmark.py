@@ -140,6 +140,7 @@ VARIANTS = {
     "rnnjax (unroll=1)",
 }
 DEVICES = "rnnjax (batch over devices)"
+PERSISTENT = "rnnjax (persistent Pallas loop)"
 CUDNN = "jax.experimental.rnn (cuDNN)"
 
 
@@ -189,12 +190,18 @@ def test_rnnjax_variants_pass_the_gate():
     impls = {}
     for backend in peers.VARIANTS:
         impls.update(peers.build(backend, "lstm", w, x, y))
+    gpu = jax.default_backend() == "gpu"
+    persistent = impls.pop(PERSISTENT)
+    if gpu:
+        impls[PERSISTENT] = persistent
+    else:  # interpret mode is for tests (tests/test_persistent.py), not for timing
+        assert isinstance(persistent, peers.Unavailable) and "GPUs only" in str(persistent)
     if len(jax.devices()) == 1:
         skipped = impls.pop(DEVICES)
         assert isinstance(skipped, peers.Unavailable) and "--host_devices" in str(skipped)
-        assert set(impls) == VARIANTS
+        assert set(impls) - {PERSISTENT} == VARIANTS
     else:
-        assert set(impls) == VARIANTS | {DEVICES}
+        assert set(impls) - {PERSISTENT} == VARIANTS | {DEVICES}
     report = run.gate("lstm", impls, w, x, y, 1e-5, 1e-4)
     assert all(r["ok"] and r["grad_reference"] == "torch float64" for r in report.values())
 
@@ -325,7 +332,9 @@ def test_gate_cell_runs_the_gate_in_process_with_the_variants():
     assert set(g.backends) - {DEVICES} == {"rnnjax"} | applies  # DEVICES: with 2 devices
     assert set(g.impls) == set(g.backends)  # passed: ready to time
     assert "declares no fused recurrence" in g.skipped["rnnjax (vjp=fused)"]
-    assert set(g.skipped) <= {"rnnjax (vjp=fused)", DEVICES}
+    # The persistent loop: GPUs only, and there too it needs the fused recurrence.
+    assert any(s in g.skipped[PERSISTENT] for s in ("GPUs only", "no fused recurrence"))
+    assert set(g.skipped) <= {"rnnjax (vjp=fused)", DEVICES, PERSISTENT}
     assert all(r["grad_reference"].startswith("float64 JAX autodiff") for r in g.backends.values())
     assert list(ref_grads) == ["w_x", "w_h", "b"] and np.all(ref_grads["b"] != 0)
     assert report["right"]["ok"]
@@ -932,7 +941,6 @@ def test_gpu_script_commands_parse():
     text = text.replace("$out", "/tmp/out")
     parsers = {
         "run.py": load("run").parse,
-        "pallas_probe.py": load("pallas_probe").parse,
         "lengths.py": load("lengths").parse,
     }
     seen = set()
