@@ -140,7 +140,9 @@ def index() -> str:
     lines += [
         "",
         "Raw per-seed numbers: each run folder's `final.csv` (train.py, seq2seq.py; the "
-        "MNIST-1D runs are committed in `mnist1d/runs/`) and the study's `trained.csv`; "
+        "run outputs behind `mnist1d/README.md`, `training.md` and `training_linear.md` are "
+        "committed in `mnist1d/runs/`, `training/runs/` and `training_linear/runs/`, and "
+        "regenerate those tables) and the study's `trained.csv`; "
         "every JSON in a run folder carries `schema_version`.",
         "",
         "## Citing",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import results_index
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -14,7 +15,11 @@ def test_index_regenerates_from_the_tables():
 
 
 # Folders of results/ that hold no table of their own, and why.
-NOT_TABLES = {"profile": "XLA profiles behind benchmarks/README.md's notes"}
+NOT_TABLES = {
+    "profile": "XLA profiles behind benchmarks/README.md's notes",
+    "training": "the run outputs behind results/training.md",
+    "training_linear": "the run outputs behind results/training_linear.md",
+}
 
 
 def test_every_table_is_listed_and_exists():
@@ -55,3 +60,18 @@ def test_run_csvs_name_a_bad_row_or_column(tmp_path):
         run.write_seed_csv("final.csv", [3, 4], {"loss": [1.0]})
     with pytest.raises(ValueError, match=r"rows\[1\] must have the columns \['a', 'b'\]"):
         run.write_csv("x.csv", [{"a": 1, "b": 2.0}, {"a": 1}])
+
+
+@pytest.mark.parametrize("table", ["training", "training_linear"])
+def test_training_tables_regenerate_from_their_committed_runs(table):
+    """results/<table>.md is train_report.py's output over the committed run folders."""
+    import subprocess
+    import sys
+
+    runs = sorted(str(p) for p in (ROOT / "results" / table / "runs").iterdir())
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "train_report.py"), *runs],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == (ROOT / "results" / f"{table}.md").read_text()
