@@ -653,37 +653,15 @@ def _names(text: str, allowed, flag: str) -> list[str]:
     return names
 
 
-def jax_started() -> bool:
-    """Whether JAX has started its backends in this process (XLA reads ``XLA_FLAGS``
-    then; importing JAX, as ``rnnjax`` does, starts nothing)."""
-    if "jax" not in sys.modules:
-        return False
-    from jax._src import xla_bridge
-
-    return getattr(xla_bridge, "backends_are_initialized", lambda: True)()
-
-
 def force_host_devices(count: int) -> None:
-    """Make JAX's CPU backend show ``count`` devices (``XLA_FLAGS``), before JAX starts.
+    """Make JAX's CPU backend show ``count`` devices (``XLA_FLAGS``), before JAX starts;
+    ``0``: JAX's own count (:func:`rnnjax.lab.use_host_devices` does the work).
 
     Raises:
       SystemExit: JAX has already started in this process with another count.
     """
-    if not count:
-        return
-    if jax_started():
-        import jax
-
-        have = len(jax.devices("cpu"))
-        if have != count:
-            raise SystemExit(
-                f"--host_devices {count}: JAX already started in this process with {have} "
-                "host device(s); run the benchmark in a fresh process."
-            )
-        return
-    flag = "--xla_force_host_platform_device_count"
-    flags = re.sub(rf"{flag}=\S+", "", os.environ.get("XLA_FLAGS", ""))
-    os.environ["XLA_FLAGS"] = f"{flags} {flag}={count}".strip()
+    if count:
+        lab.use_host_devices(count)
 
 
 def main(argv=None) -> int:

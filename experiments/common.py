@@ -352,7 +352,7 @@ class TensorBoard:
 RESUMABLE = frozenset(
     {
         "resume", "progress", "out", "name", "eval_every", "save_every", "keep",
-        "devices", "parallel", "keep_freed_memory", "sample_chars", "tensorboard",
+        "devices", "host_devices", "parallel", "keep_freed_memory", "sample_chars", "tensorboard",
         "workers",
     }
 )  # fmt: skip

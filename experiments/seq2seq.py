@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import rnnjax
-from rnnjax import distributed
+from rnnjax import distributed, lab
 from rnnjax import train as tr
 from rnnjax.attention import ATTENTIONS
 from rnnjax.checkpoint import Checkpointer
@@ -89,6 +89,10 @@ class Config:
     # CPU, glibc: keep freed memory in the process for reuse (experiments/train.py has
     # the same flag; benchmarks/README.md, "The allocator").
     keep_freed_memory: bool = False
+    # CPU: the host devices JAX makes when it starts (0: one per core, so --parallel auto
+    # splits the batch or the seeds over every core; 1: one device). A GPU or TPU run is
+    # not changed by it. An XLA_FLAGS that sets the count already wins over 0.
+    host_devices: int = 0
     devices: int = 0  # how many of the devices JAX sees to use; 0: all
     # How the run uses several devices: auto, none, data (batch split), sharded (params
     # split too) or seeds (one seed per device).
@@ -138,7 +142,10 @@ class Config:
         ):  # fmt: skip
             if getattr(self, field) < 1:
                 raise ValueError(f"--{field} must be >= 1; got {getattr(self, field)}.")
-        for field in ("steps", "eval_every", "save_every", "warmup_steps", "seed", "min_len"):
+        for field in (
+            "steps", "eval_every", "save_every", "warmup_steps", "seed", "min_len",
+            "host_devices",
+        ):  # fmt: skip
             if getattr(self, field) < 0:
                 raise ValueError(f"--{field} must be >= 0; got {getattr(self, field)}.")
         if not 0.0 <= self.sampling_rate <= 1.0:
@@ -212,6 +219,7 @@ def main(argv=None) -> int:
     cfg, _ = common.parse_config(Config, argv, description=__doc__.split("\n")[0])
     if cfg.keep_freed_memory:  # before JAX starts its threads
         common.keep_freed_memory()
+    lab.use_host_devices(cfg.host_devices)  # before JAX starts: every core a device
     common.join_processes()  # before any other JAX call: a multi-process run, if launched as one
     task, model, optimizer, schedule, clip = common.build(cfg, build_task, build_model)
     run = common.RunDir(Path(cfg.out) / cfg.run_name)

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import rnnjax
-from rnnjax import diagnostics, distributed
+from rnnjax import diagnostics, distributed, lab
 from rnnjax import train as tr
 from rnnjax.checkpoint import Checkpointer
 from rnnjax.modules import SequenceModel, count_params
@@ -82,6 +82,10 @@ class Config:
     out: str = "runs"  # the parent folder of run folders
     name: str = ""  # the run folder's name; default: <task>-<cell>-T<seq_len>
     progress: bool = True  # a progress bar
+    # CPU: the host devices JAX makes when it starts (0: one per core, so --parallel auto
+    # splits the batch or the seeds over every core; 1: one device). A GPU or TPU run is
+    # not changed by it. An XLA_FLAGS that sets the count already wins over 0.
+    host_devices: int = 0
     devices: int = 0  # how many of the devices JAX sees to use; 0: all
     # How the run uses several devices: auto, none, data (batch split), sharded (params
     # split too) or seeds (one seed per device).
@@ -119,7 +123,10 @@ class Config:
             value = getattr(self, field)
             if value < 1:
                 raise ValueError(f"--{field} must be >= 1; got {value}.")
-        for field in ("steps", "eval_every", "save_every", "warmup_steps", "embed_dim", "seed"):
+        for field in (
+            "steps", "eval_every", "save_every", "warmup_steps", "embed_dim", "seed",
+            "host_devices",
+        ):  # fmt: skip
             if getattr(self, field) < 0:
                 raise ValueError(f"--{field} must be >= 0; got {getattr(self, field)}.")
         if self.seq_len < 1:
@@ -311,6 +318,7 @@ def main(argv=None) -> int:
     )
     if cfg.keep_freed_memory:  # before JAX starts its threads
         common.keep_freed_memory()
+    lab.use_host_devices(cfg.host_devices)  # before JAX starts: every core a device
     common.join_processes()  # before any other JAX call: a multi-process run, if launched as one
     task, model, optimizer, schedule, clip = common.build(cfg, build_task, build_model)
     run = common.RunDir(Path(cfg.out) / cfg.run_name)

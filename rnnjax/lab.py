@@ -1,5 +1,6 @@
 """Tools the experiment scripts and the benchmarks share: the environment record a
-result is written with, and the allocator setting the memory measurements use.
+result is written with, the allocator setting the memory measurements use, and the
+host devices that let a CPU run the batch split over every core.
 
 Nothing here reads an experiment's config; studies build on it (``experiments/``,
 ``benchmarks/``), and so can a researcher's own scripts.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -101,3 +103,67 @@ def keep_freed_memory(nbytes: int = KEEP_BYTES) -> dict:
         raise RuntimeError(f"mallopt refused {refused} ({settings}).")
     KEPT.update(settings)
     return {"mallopt": settings}
+
+
+HOST_DEVICE_FLAG = "--xla_force_host_platform_device_count"
+
+
+def cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, else ``os.cpu_count``)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def jax_started() -> bool:
+    """Whether JAX has started its backends in this process (XLA reads ``XLA_FLAGS``
+    then; importing JAX, as ``rnnjax`` does, starts nothing)."""
+    if "jax" not in sys.modules:
+        return False
+    from jax._src import xla_bridge
+
+    return getattr(xla_bridge, "backends_are_initialized", lambda: True)()
+
+
+def use_host_devices(count: int = 0, *, flag: str = "--host_devices") -> int | None:
+    """Make JAX's CPU backend show ``count`` devices (``0``: one per core), before JAX
+    starts.
+
+    XLA:CPU runs each step's small matmul of a time loop on one core
+    (``benchmarks/loop_matmul.py``); with one host device per core, a batch split over
+    the devices (``shard_map``, as the experiment scripts' ``--parallel auto`` does)
+    runs on every core. On a GPU or TPU machine it changes nothing there: the flag only
+    shapes the CPU backend.
+
+    With ``count=0`` an ``XLA_FLAGS`` that already sets the count (a user's choice) is
+    kept, and so is a JAX that has already started in this process (a script's
+    ``main`` called from a test): nothing to do. An explicit ``count`` replaces the
+    flag's value; if JAX has started with another count it raises, naming ``flag``.
+
+    Returns the count set, or ``None`` where it left things as they were.
+
+    Raises:
+      ValueError: ``count`` is negative.
+      SystemExit: JAX has already started in this process with another count.
+    """
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise ValueError(f"{flag} must be an int >= 0 (0: one per core); got {count!r}.")
+    flags = os.environ.get("XLA_FLAGS", "")
+    if jax_started():
+        if count:
+            import jax
+
+            have = len(jax.devices("cpu"))
+            if have != count:
+                raise SystemExit(
+                    f"{flag} {count}: JAX already started in this process with {have} "
+                    "host device(s); run it in a fresh process."
+                )
+        return None
+    if not count and HOST_DEVICE_FLAG in flags:
+        return None
+    n = count or cores()
+    rest = re.sub(rf"{HOST_DEVICE_FLAG}=\S+", "", flags)
+    os.environ["XLA_FLAGS"] = f"{rest} {HOST_DEVICE_FLAG}={n}".strip()
+    return n

@@ -185,9 +185,9 @@ TRAIN = [
 
 def _env(devices=1, **extra):
     env = dict(os.environ, JAX_PLATFORMS="cpu", **extra)
-    env.pop("XLA_FLAGS", None)
-    if devices > 1:
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    # Set even for one device: the scripts' default (--host_devices 0) is one per core,
+    # and a count XLA_FLAGS already sets is kept.
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     return env
 
 
@@ -459,3 +459,56 @@ def test_scan_runs_its_loop_per_device_under_a_mesh():
     # Without the mesh, the partitioner sums the weights' gradient inside the backward
     # loop: the check above can see a collective there.
     assert r["lstm/autodiff/None"]["plain"] > 0
+
+
+def test_use_host_devices_sets_keeps_and_refuses(monkeypatch):
+    """``lab.use_host_devices``: 0 makes one device per core and keeps a count that
+    XLA_FLAGS already sets; an explicit count replaces it; with JAX started, 0 leaves
+    it and another explicit count is refused, naming the flag."""
+    from rnnjax import lab
+
+    flag = lab.HOST_DEVICE_FLAG
+    monkeypatch.setattr(lab, "jax_started", lambda: False)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+    assert lab.use_host_devices(0) == lab.cores()
+    assert os.environ["XLA_FLAGS"] == f"--xla_cpu_enable_fast_math=false {flag}={lab.cores()}"
+    monkeypatch.setenv("XLA_FLAGS", f"{flag}=3")
+    assert lab.use_host_devices(0) is None and os.environ["XLA_FLAGS"] == f"{flag}=3"
+    assert lab.use_host_devices(5) == 5 and os.environ["XLA_FLAGS"] == f"{flag}=5"
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match=r"--host_devices must be an int >= 0"):
+            lab.use_host_devices(bad)
+
+    monkeypatch.setattr(lab, "jax_started", lambda: True)
+    have = len(jax.devices("cpu"))
+    monkeypatch.setenv("XLA_FLAGS", "")
+    assert lab.use_host_devices(0) is None and lab.use_host_devices(have) is None
+    assert os.environ["XLA_FLAGS"] == ""
+    with pytest.raises(SystemExit, match=f"--devices_x {have + 1}: JAX already started"):
+        lab.use_host_devices(have + 1, flag="--devices_x")
+
+
+@pytest.mark.skipif(
+    __import__("rnnjax.lab").lab.cores() < 2, reason="one core: nothing to split over"
+)
+def test_train_py_uses_every_core_by_default_with_the_same_numbers(tmp_path):
+    """With no XLA_FLAGS, experiments/train.py makes one host device per core and splits
+    the batch over them (--parallel auto); the losses and final metrics equal those of
+    --host_devices 1 up to summation order."""
+    from rnnjax import lab
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    runs = {}
+    for name, extra in (("every-core", []), ("one", ["--host_devices", "1"])):
+        cmd = [*TRAIN, "--seeds", "3", "--steps", "6", "--out", str(tmp_path), "--name", name]
+        done = subprocess.run(cmd + extra, capture_output=True, text=True, env=env, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[name] = _read(tmp_path / name)
+    (loss_all, place_all), (loss_one, place_one) = runs["every-core"], runs["one"]
+    # 3 seeds, batch 8: whole seeds per device where the cores divide 3, else the batch.
+    layout = "seeds" if 3 % lab.cores() == 0 else "data"
+    assert place_all == {"devices": lab.cores(), "parallel": layout}
+    assert place_one == {"devices": 1, "parallel": "none"}
+    np.testing.assert_allclose(loss_all, loss_one, rtol=1e-5, atol=1e-7)
+    assert not np.array_equal(loss_all[0], loss_all[-1])  # it trained
